@@ -1,0 +1,154 @@
+#!/bin/sh
+# SPDX-License-Identifier: GPL-2.0
+#
+# Build a module against the in-kernel headers archive the way its
+# documentation tells a user to, and load it when the archive belongs to the
+# running kernel.
+#
+# The archive is $KHEADERS_ARCHIVE when set (for example one pulled from a
+# device, to run this on a host), else /sys/kernel/kheaders.tar.xz or
+# /proc/kheaders.tar.xz, loading the kheaders module first when neither
+# exists (and unloading it at the end).
+#
+# Output is TAP. Exit status: 0 pass, 1 fail, 4 skip (no archive or no
+# compiler).
+
+ksft_skip=4
+here=$(cd "$(dirname "$0")" && pwd)
+tmp=
+loaded_kheaders=
+archive=
+num=0
+failed=0
+
+# shellcheck disable=SC2317 # called through trap
+cleanup()
+{
+	if [ -n "$tmp" ]; then
+		rm -rf "$tmp"
+	fi
+	if [ -n "$loaded_kheaders" ]; then
+		rmmod kheaders 2>/dev/null || modprobe -r kheaders
+	fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+ok()
+{
+	num=$((num + 1))
+	echo "ok $num $1"
+}
+
+not_ok()
+{
+	num=$((num + 1))
+	failed=1
+	echo "not ok $num $1"
+}
+
+skip_one()
+{
+	num=$((num + 1))
+	echo "ok $num $1 # SKIP $2"
+}
+
+skip_all()
+{
+	echo "1..0 # SKIP $1"
+	exit $ksft_skip
+}
+
+# Print a file as TAP diagnostics.
+diag_file()
+{
+	sed 's/^/# /' "$1"
+}
+
+find_archive()
+{
+	if [ -n "${KHEADERS_ARCHIVE:-}" ]; then
+		if [ ! -r "$KHEADERS_ARCHIVE" ]; then
+			skip_all "KHEADERS_ARCHIVE=$KHEADERS_ARCHIVE is not readable"
+		fi
+		archive=$KHEADERS_ARCHIVE
+		return
+	fi
+	for f in /sys/kernel/kheaders.tar.xz /proc/kheaders.tar.xz; do
+		if [ -r "$f" ]; then
+			archive=$f
+			return
+		fi
+	done
+	if command -v modprobe >/dev/null 2>&1 &&
+	   modprobe kheaders 2>/dev/null; then
+		loaded_kheaders=1
+		for f in /sys/kernel/kheaders.tar.xz /proc/kheaders.tar.xz; do
+			if [ -r "$f" ]; then
+				archive=$f
+				return
+			fi
+		done
+	fi
+	skip_all "no kheaders archive: enable CONFIG_IKHEADERS or set KHEADERS_ARCHIVE"
+}
+
+echo "TAP version 13"
+
+find_archive
+for tool in make xz "${CROSS_COMPILE:-}${CC:-gcc}"; do
+	if ! command -v "$tool" >/dev/null 2>&1; then
+		skip_all "'$tool' not found: building a module needs make, xz and a C compiler"
+	fi
+done
+
+tmp=$(mktemp -d)
+headers=$tmp/headers
+echo "1..4"
+echo "# archive: $archive"
+
+mkdir "$headers"
+if xz -dc "$archive" | tar -xf - -C "$headers"; then
+	ok "archive extracts"
+else
+	not_ok "archive extracts"
+fi
+
+if [ -e "$headers/Module.symvers" ]; then
+	not_ok "archive has no Module.symvers"
+else
+	ok "archive has no Module.symvers"
+fi
+
+cp -R "$here/testmod" "$tmp/testmod"
+if make -C "$headers" M="$tmp/testmod" modules >"$tmp/build.log" 2>&1 &&
+   [ -f "$tmp/testmod/test.ko" ]; then
+	ok "module builds against the archive"
+	grep -i 'warning' "$tmp/build.log" | sed 's/^/# /'
+else
+	diag_file "$tmp/build.log"
+	not_ok "module builds against the archive"
+fi
+
+if [ -n "${KHEADERS_ARCHIVE:-}" ]; then
+	skip_one "module loads" "the archive is not the running kernel's"
+elif [ "$(id -u)" != 0 ]; then
+	skip_one "module loads" "loading a module needs root"
+elif [ ! -f "$tmp/testmod/test.ko" ]; then
+	not_ok "module loads"
+else
+	# Count the lines, so that those of an earlier run do not count.
+	hello=$(dmesg | grep -c 'Hello, world')
+	goodbye=$(dmesg | grep -c 'Goodbye, world')
+	if insmod "$tmp/testmod/test.ko" &&
+	   [ "$(dmesg | grep -c 'Hello, world')" -gt "$hello" ] &&
+	   rmmod test &&
+	   [ "$(dmesg | grep -c 'Goodbye, world')" -gt "$goodbye" ]; then
+		ok "module loads"
+	else
+		not_ok "module loads"
+	fi
+fi
+
+exit $failed

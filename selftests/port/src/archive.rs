@@ -1,0 +1,330 @@
+//! Unpacking a kheaders archive (`.tar.xz`).
+//!
+//! The archive comes from a guest or a device, so it is untrusted: every entry
+//! is checked before anything is written, entries that would land outside the
+//! target directory are refused by name (the `tar` crate alone would skip
+//! `..` entries silently), and the target only appears once the whole archive
+//! unpacked cleanly. Nothing half-extracted is ever left where a caller could
+//! use it.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Component, Path, PathBuf};
+
+use tar::EntryType;
+
+/// What an extraction produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extracted {
+    pub root: PathBuf,
+    pub files: usize,
+    pub dirs: usize,
+    pub symlinks: usize,
+    pub bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("the archive is corrupt or truncated (not valid xz or tar): {0}")]
+    Corrupt(String),
+    #[error("the archive is empty: it has no entries")]
+    Empty,
+    #[error(
+        "the archive has {} unsafe entr{} (refused, nothing extracted): {}",
+        .0.len(),
+        if .0.len() == 1 { "y" } else { "ies" },
+        .0.join("; ")
+    )]
+    Unsafe(Vec<String>),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io { path: path.to_owned(), source }
+}
+
+/// Unpack the `.tar.xz` file `archive` into `dest`, which must not exist yet.
+pub fn extract_file(archive: &Path, dest: &Path) -> Result<Extracted, ArchiveError> {
+    let file = File::open(archive).map_err(io_err(archive))?;
+    extract(BufReader::new(file), dest)
+}
+
+/// Unpack a `.tar.xz` stream into `dest`, which must not exist yet.
+pub fn extract(xz: impl Read, dest: &Path) -> Result<Extracted, ArchiveError> {
+    if dest.exists() {
+        return Err(ArchiveError::Io {
+            path: dest.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "extraction target already exists; remove it first",
+            ),
+        });
+    }
+    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    // Unpack next to the target and rename at the end: a failure leaves no
+    // partial tree behind (the TempDir removes itself).
+    let staging = tempfile::Builder::new()
+        .prefix(".kheaders-extract-")
+        .tempdir_in(parent)
+        .map_err(io_err(parent))?;
+
+    let mut tar = tar::Archive::new(liblzma::read::XzDecoder::new(xz));
+    tar.set_preserve_permissions(true);
+    tar.set_preserve_mtime(true);
+    tar.set_unpack_xattrs(false);
+    tar.set_overwrite(true);
+
+    let mut out = Extracted {
+        root: dest.to_owned(),
+        files: 0,
+        dirs: 0,
+        symlinks: 0,
+        bytes: 0,
+    };
+    let mut unsafe_entries = Vec::new();
+    let corrupt = |e: std::io::Error| ArchiveError::Corrupt(e.to_string());
+    for entry in tar.entries().map_err(corrupt)? {
+        let mut entry = entry.map_err(corrupt)?;
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let link = entry.link_name_bytes().map(|l| String::from_utf8_lossy(&l).into_owned());
+        if let Err(why) = check_entry(&name, entry.header().entry_type(), link.as_deref()) {
+            unsafe_entries.push(format!("{name}: {why}"));
+            continue;
+        }
+        if !unsafe_entries.is_empty() {
+            // Keep reading to name every unsafe entry, but write no more.
+            continue;
+        }
+        match entry.header().entry_type() {
+            EntryType::Directory => out.dirs += 1,
+            EntryType::Symlink => out.symlinks += 1,
+            _ => {
+                out.files += 1;
+                out.bytes += entry.size();
+            }
+        }
+        let unpacked = entry.unpack_in(staging.path()).map_err(|e| {
+            use std::io::ErrorKind::*;
+            // A short or undecodable stream shows up while an entry's data is
+            // read; a failing write (disk full, read-only) is the host's fault.
+            if matches!(e.kind(), UnexpectedEof | InvalidData | InvalidInput | Other) {
+                ArchiveError::Corrupt(format!("{name}: {e}"))
+            } else {
+                ArchiveError::Io { path: staging.path().join(&name), source: e }
+            }
+        })?;
+        if !unpacked {
+            // unpack_in refuses what it considers outside the target: that
+            // must never pass as extracted.
+            unsafe_entries.push(format!("{name}: refused by the tar unpacker"));
+        }
+    }
+    if !unsafe_entries.is_empty() {
+        return Err(ArchiveError::Unsafe(unsafe_entries));
+    }
+    if out.files + out.dirs + out.symlinks == 0 {
+        return Err(ArchiveError::Empty);
+    }
+    let staging = staging.keep();
+    std::fs::rename(&staging, dest).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&staging);
+        ArchiveError::Io { path: dest.to_owned(), source: e }
+    })?;
+    Ok(out)
+}
+
+/// Why an entry may not be unpacked, if it may not.
+pub fn check_entry(name: &str, kind: EntryType, link: Option<&str>) -> Result<(), String> {
+    let path = Path::new(name);
+    let depth = relative_depth(path).ok_or("absolute path or '..' component")?;
+    if depth == 0 && !matches!(kind, EntryType::Directory) {
+        return Err("entry names the target directory itself".into());
+    }
+    match kind {
+        EntryType::Regular | EntryType::Directory | EntryType::Continuous => Ok(()),
+        // GNU and pax metadata entries are consumed by the tar crate.
+        EntryType::GNULongName | EntryType::GNULongLink | EntryType::XHeader | EntryType::XGlobalHeader => {
+            Ok(())
+        }
+        EntryType::Symlink => {
+            let target = link.ok_or("symlink without a target")?;
+            let target = Path::new(target);
+            if target.is_absolute() {
+                return Err(format!("symlink to absolute path {}", target.display()));
+            }
+            // The link resolves relative to its own directory.
+            let within = path.parent().unwrap_or(Path::new("")).join(target);
+            match relative_depth_lexical(&within) {
+                Some(_) => Ok(()),
+                None => Err(format!("symlink to {} points outside the target", target.display())),
+            }
+        }
+        EntryType::Link => {
+            let target = link.ok_or("hard link without a target")?;
+            match relative_depth(Path::new(target)) {
+                Some(d) if d > 0 => Ok(()),
+                _ => Err(format!("hard link to {target} points outside the target")),
+            }
+        }
+        other => Err(format!("unsupported entry type {other:?}")),
+    }
+}
+
+/// Depth of a relative path with no `..`: `None` if absolute or if it has `..`.
+fn relative_depth(path: &Path) -> Option<usize> {
+    let mut depth = 0;
+    for c in path.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(depth)
+}
+
+/// Like [`relative_depth`], but `..` steps back, as long as it never climbs
+/// above the start.
+fn relative_depth_lexical(path: &Path) -> Option<usize> {
+    let mut depth: usize = 0;
+    for c in path.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => depth = depth.checked_sub(1)?,
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(depth)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Build a `.tar.xz` in memory. Entries are written with raw headers so
+    /// that hostile names the `tar` builder would reject can be made too.
+    fn txz(entries: &[(&str, EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        {
+            let mut b = tar::Builder::new(&mut raw);
+            for (name, kind, data, link) in entries {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(*kind);
+                h.set_size(data.len() as u64);
+                h.set_mode(if *kind == EntryType::Directory { 0o755 } else { 0o644 });
+                h.set_mtime(0);
+                // Write the name field directly: set_path refuses `..`.
+                let field = &mut h.as_old_mut().name;
+                field[..name.len()].copy_from_slice(name.as_bytes());
+                if let Some(l) = link {
+                    let lf = &mut h.as_old_mut().linkname;
+                    lf[..l.len()].copy_from_slice(l.as_bytes());
+                }
+                h.set_cksum();
+                b.append(&h, *data).unwrap();
+            }
+            b.finish().unwrap();
+        }
+        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        xz.write_all(&raw).unwrap();
+        xz.finish().unwrap()
+    }
+
+    fn dest() -> (tempfile::TempDir, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("out");
+        (t, d)
+    }
+
+    #[test]
+    fn extracts_a_plain_archive() {
+        let data = txz(&[
+            ("include/", EntryType::Directory, b"", None),
+            ("include/a.h", EntryType::Regular, b"/* SPDX */\n", None),
+            ("include/b.h", EntryType::Symlink, b"", Some("a.h")),
+        ]);
+        let (_t, d) = dest();
+        let got = extract(&data[..], &d).unwrap();
+        assert_eq!((got.files, got.dirs, got.symlinks, got.bytes), (1, 1, 1, 11));
+        assert_eq!(std::fs::read(d.join("include/a.h")).unwrap(), b"/* SPDX */\n");
+        assert_eq!(std::fs::read_link(d.join("include/b.h")).unwrap(), Path::new("a.h"));
+    }
+
+    #[test]
+    fn refuses_dotdot_absolute_and_escaping_links_by_name() {
+        let data = txz(&[
+            ("ok.h", EntryType::Regular, b"x", None),
+            ("../evil", EntryType::Regular, b"x", None),
+            ("/etc/evil", EntryType::Regular, b"x", None),
+            ("include/up", EntryType::Symlink, b"", Some("../../etc")),
+            ("abs", EntryType::Symlink, b"", Some("/etc/passwd")),
+            ("hard", EntryType::Link, b"", Some("../outside")),
+        ]);
+        let (t, d) = dest();
+        let err = extract(&data[..], &d).unwrap_err();
+        let ArchiveError::Unsafe(list) = &err else { panic!("{err}") };
+        assert_eq!(list.len(), 5, "{list:?}");
+        for name in ["../evil", "/etc/evil", "include/up", "abs", "hard"] {
+            assert!(list.iter().any(|e| e.starts_with(name)), "{name} not named in {list:?}");
+        }
+        assert!(!d.exists(), "nothing may be extracted");
+        // No staging directory is left behind either.
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn link_inside_the_tree_is_fine() {
+        let data = txz(&[
+            ("a/", EntryType::Directory, b"", None),
+            ("a/b/", EntryType::Directory, b"", None),
+            ("a/f", EntryType::Regular, b"x", None),
+            ("a/b/l", EntryType::Symlink, b"", Some("../f")),
+        ]);
+        let (_t, d) = dest();
+        extract(&data[..], &d).unwrap();
+        assert_eq!(std::fs::read(d.join("a/b/l")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn refuses_device_nodes() {
+        let data = txz(&[("dev", EntryType::Char, b"", None)]);
+        let (_t, d) = dest();
+        assert!(matches!(extract(&data[..], &d), Err(ArchiveError::Unsafe(_))));
+    }
+
+    #[test]
+    fn truncated_and_garbage_archives_are_corrupt_and_leave_nothing() {
+        let data = txz(&[("a.h", EntryType::Regular, &[7u8; 100_000], None)]);
+        for bad in [&data[..data.len() / 2], b"not an xz file at all".as_slice()] {
+            let (t, d) = dest();
+            let err = extract(bad, &d).unwrap_err();
+            assert!(matches!(err, ArchiveError::Corrupt(_)), "{err}");
+            assert!(!d.exists());
+            assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
+        }
+    }
+
+    #[test]
+    fn empty_archive_is_an_error() {
+        let (_t, d) = dest();
+        assert!(matches!(extract(&txz(&[])[..], &d), Err(ArchiveError::Empty)));
+    }
+
+    #[test]
+    fn existing_target_is_not_overwritten() {
+        let (_t, d) = dest();
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("keep"), b"mine").unwrap();
+        let data = txz(&[("a.h", EntryType::Regular, b"x", None)]);
+        assert!(extract(&data[..], &d).is_err());
+        assert_eq!(std::fs::read(d.join("keep")).unwrap(), b"mine");
+    }
+}

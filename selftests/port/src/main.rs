@@ -1,0 +1,86 @@
+//! `kheaders-selftest`: the kselftest `run_kheaders_modbuild.sh`, on a host.
+//!
+//! Usage: kheaders-selftest [ARCHIVE]   (default: $KHEADERS_ARCHIVE, then
+//! /sys/kernel/kheaders.tar.xz, then /proc/kheaders.tar.xz)
+//!
+//! Prints KTAP; exits 0 (pass), 1 (fail) or 4 (skip), like kselftest.
+
+use std::io::stdout;
+use std::path::PathBuf;
+use std::process::{exit, Command, Stdio};
+
+use kheaders_selftest::ktap::{Ktap, Result::*};
+use kheaders_selftest::{archive, contents, modbuild, testmod_dir};
+
+fn find_archive() -> Option<PathBuf> {
+    let given = std::env::args_os().nth(1).or_else(|| std::env::var_os("KHEADERS_ARCHIVE"));
+    if let Some(p) = given {
+        return Some(PathBuf::from(p));
+    }
+    ["/sys/kernel/kheaders.tar.xz", "/proc/kheaders.tar.xz"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+fn main() {
+    let Some(archive_path) = find_archive() else {
+        exit(Ktap::skip_all(stdout(), "no kheaders archive: pass a path or set KHEADERS_ARCHIVE"));
+    };
+    for tool in ["make", "gcc"] {
+        if !have(tool) {
+            exit(Ktap::skip_all(stdout(), &format!("'{tool}' not found: install make and gcc")));
+        }
+    }
+    let work = match tempfile::tempdir() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("kheaders-selftest: cannot create a temporary directory: {e}");
+            exit(1)
+        }
+    };
+    let headers = work.path().join("headers");
+    let mut k = Ktap::new(stdout(), 3);
+    k.diag(&format!("archive: {}", archive_path.display()));
+
+    match archive::extract_file(&archive_path, &headers) {
+        Ok(x) => {
+            k.diag(&format!("{} files, {} bytes", x.files, x.bytes));
+            k.result(Pass, "archive extracts", "");
+        }
+        Err(e) => {
+            k.diag(&e.to_string());
+            k.result(Fail, "archive extracts", "");
+            k.result(Skip, "archive has no Module.symvers", "not extracted");
+            k.result(Skip, "module builds against the archive", "not extracted");
+            exit(k.exit_code());
+        }
+    }
+    match contents::no_module_symvers(&headers) {
+        Ok(()) => k.result(Pass, "archive has no Module.symvers", ""),
+        Err(e) => {
+            k.diag(&e);
+            k.result(Fail, "archive has no Module.symvers", "")
+        }
+    }
+    let log = work.path().join("build.log");
+    match modbuild::build_module(&headers, &testmod_dir(), work.path(), &[], &log) {
+        Ok(b) if b.ok => {
+            b.warnings.iter().for_each(|w| k.diag(w));
+            k.result(Pass, "module builds against the archive", "")
+        }
+        Ok(_) => {
+            k.diag(&std::fs::read_to_string(&log).unwrap_or_default());
+            k.result(Fail, "module builds against the archive", "")
+        }
+        Err(e) => {
+            k.diag(&format!("{e:#}"));
+            k.result(Fail, "module builds against the archive", "")
+        }
+    }
+    exit(k.exit_code());
+}
