@@ -1,1 +1,76 @@
-pub fn placeholder() {}
+//! khtest: the end-to-end harness for the in-kernel headers archive.
+//!
+//! One module per stage of the flow (DESIGN.md §5):
+//! [`matrix`] reads the cells, [`tree`] prepares the kernel source,
+//! [`kbuild`] configures and builds, [`image`] makes the initramfs, [`vm`]
+//! boots and drives the guest, [`checks`] judges what came out of it, and
+//! [`report`] says what happened. [`cell`] runs one cell through all of them.
+
+pub mod cache;
+pub mod cell;
+pub mod checks;
+pub mod image;
+pub mod kbuild;
+pub mod matrix;
+pub mod process;
+pub mod report;
+pub mod tools;
+pub mod tree;
+pub mod vm;
+
+use std::path::{Path, PathBuf};
+
+/// The checked-out repository: where the series, selftest, images and
+/// configs live.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub root: PathBuf,
+}
+
+impl Project {
+    /// The repository this binary was built from (`KHTEST_ROOT` overrides).
+    pub fn locate() -> Project {
+        let root = std::env::var_os("KHTEST_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+        Project { root: std::path::absolute(&root).unwrap_or(root) }
+    }
+
+    pub fn kernel_dir(&self) -> PathBuf {
+        self.root.join("kernel")
+    }
+
+    /// The kselftest target, installed as `tools/testing/selftests/kheaders`.
+    pub fn selftest_dir(&self) -> PathBuf {
+        self.root.join("selftests/kheaders")
+    }
+
+    pub fn images_dir(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
+    pub fn default_matrix(&self) -> PathBuf {
+        self.root.join("configs/matrix.yaml")
+    }
+
+    /// Per-cell results go under here unless told otherwise.
+    pub fn default_out_dir(&self) -> PathBuf {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.root.join("target"));
+        target.join("khtest")
+    }
+}
+
+/// Where the shared cache lives: `$KHTEST_CACHE`, else `$XDG_CACHE_HOME/khtest`,
+/// else `~/.cache/khtest`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("KHTEST_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(p).join("khtest");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".cache/khtest")
+}

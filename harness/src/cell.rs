@@ -1,0 +1,195 @@
+//! One cell through every stage: tree → configure → build → image → boot →
+//! pull → extract → checks → module build → load. Each phase is timed; the
+//! first phase that fails stops the cell with FAIL (the kernel's fault) or
+//! ERROR (the harness's or the host's).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::cache::{key, Cache};
+use crate::checks;
+use crate::kbuild::{self, Build};
+use crate::matrix::{BuildKind, Cell, Kheaders, Matrix};
+use crate::report::{cell_dir, CellReport, Check, Phase, Verdict};
+use crate::tree::{self, Source};
+use crate::vm::{Guest, Spec, Timeouts, VmError};
+use crate::{image, tools, Project};
+
+/// What every cell of a run shares.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub cache_dir: PathBuf,
+    pub out_dir: PathBuf,
+    pub source: Source,
+    pub timeouts: Timeouts,
+    /// The longest a kernel build may take.
+    pub build_limit: Duration,
+    /// The command that reruns one cell, with `{cell}` for its name.
+    pub rerun: String,
+}
+
+/// A phase's way of stopping the cell.
+type Stop = Verdict;
+
+fn error(e: anyhow::Error) -> Stop {
+    Verdict::Error(format!("{e:#}"))
+}
+
+fn vm_stop(e: VmError) -> Stop {
+    match e {
+        VmError::Crash { .. } => Verdict::Fail(e.to_string()),
+        _ => Verdict::Error(e.to_string()),
+    }
+}
+
+/// A cell in progress: its directory, the phase clock and the checks so far.
+struct Run<'a> {
+    dir: PathBuf,
+    phases: Vec<Phase>,
+    checks: Vec<Check>,
+    current: Option<String>,
+    progress: &'a dyn Fn(&str),
+    name: String,
+}
+
+impl Run<'_> {
+    /// Time `f` as phase `name`.
+    fn phase<T>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<T, Stop>) -> Result<T, Stop> {
+        (self.progress)(&format!("{}: {name}", self.name));
+        self.current = Some(name.to_owned());
+        let t = Instant::now();
+        let r = f(self);
+        self.phases.push(Phase { name: name.to_owned(), seconds: t.elapsed().as_secs_f64() });
+        if r.is_ok() {
+            self.current = None;
+        }
+        r
+    }
+
+    /// Record a check; a non-passing one stops the cell.
+    fn check(&mut self, name: &str, v: Verdict) -> Result<(), Stop> {
+        self.checks.push(Check { name: name.to_owned(), verdict: v.clone() });
+        match v {
+            Verdict::Pass | Verdict::Skip(_) => Ok(()),
+            bad => Err(bad),
+        }
+    }
+}
+
+/// Run `cell` and report; never panics on a cell's failure.
+pub fn run(project: &Project, matrix: &Matrix, cell: &Cell, settings: &Settings, progress: &dyn Fn(&str)) -> CellReport {
+    let dir = cell_dir(&settings.out_dir, &cell.name);
+    let mut run = Run { dir: dir.clone(), phases: Vec::new(), checks: Vec::new(), current: None, progress, name: cell.name.clone() };
+    let verdict = match steps(&mut run, project, matrix, cell, settings) {
+        Ok(()) => Verdict::Pass,
+        Err(v) => v,
+    };
+    let report = CellReport {
+        cell: cell.name.clone(),
+        failed_phase: if verdict == Verdict::Pass { None } else { run.current.clone() },
+        verdict,
+        phases: run.phases,
+        checks: run.checks,
+        dir,
+        reproducer: settings.rerun.replace("{cell}", &cell.name),
+    };
+    if let Err(e) = report.write_json() {
+        tracing::warn!("{e:#}");
+    }
+    report
+}
+
+fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Settings) -> Result<(), Stop> {
+    run.phase("preflight", |run| {
+        tools::check(&tools::required(cell)).map_err(error)?;
+        if run.dir.exists() {
+            std::fs::remove_dir_all(&run.dir).map_err(|e| Verdict::Error(format!("cannot clear {}: {e}", run.dir.display())))?;
+        }
+        std::fs::create_dir_all(&run.dir)
+            .map_err(|e| Verdict::Error(format!("cannot create the cell directory {}: {e}", run.dir.display())))
+    })?;
+    let cache = Cache::open(&s.cache_dir).map_err(error)?;
+    let tree = run.phase("tree", |_| tree::prepare(&cache, &s.source, project, cell.patched).map_err(error))?;
+
+    let want = kbuild::requested(cell, &matrix.fragment_paths(cell)).map_err(error)?;
+    if cell.build == BuildKind::InTree {
+        return Err(Verdict::Error("in-tree builds are not supported yet".into()));
+    }
+    let build_key = key(&[tree.key.as_bytes(), cell.arch.kernel_arch().as_bytes(), kbuild::merge("", &want).as_bytes()]);
+    let _build_lock = cache.lock(&format!("build-{build_key}")).map_err(error)?;
+    let build = Build { arch: cell.arch, src: tree.path.clone(), obj: cache.root().join("builds").join(&build_key), kind: cell.build };
+    let build_log = run.dir.join("build.log");
+
+    let config = run.phase("configure", |run| {
+        let got = build.configure(&want, &build_log).map_err(|e| match e.downcast_ref::<kbuild::NotStuck>() {
+            Some(n) => Verdict::Fail(n.to_string()),
+            None => error(e),
+        })?;
+        copy(&build.obj.join(".config"), &run.dir.join("config"))?;
+        Ok(got)
+    })?;
+    let artifacts = run.phase("build", |run| {
+        let a = build.build(&config, &build_log, s.build_limit).map_err(error)?;
+        copy(&a.archive, &run.dir.join("kheaders_data.tar.xz"))?;
+        Ok(a)
+    })?;
+    let initrd = run.dir.join("initramfs.cpio");
+    run.phase("image", |_| image::make(&project.images_dir(), cell.arch, &initrd).map_err(error))?;
+
+    let spec = Spec {
+        arch: cell.arch,
+        kernel: artifacts.kernel_image.clone(),
+        initrd,
+        dir: run.dir.clone(),
+        memory_mib: 512,
+        timeouts: s.timeouts,
+    };
+    let mut guest = run.phase("boot", |_| Guest::boot(&spec).map_err(vm_stop))?;
+    let pulled = run.dir.join("kheaders.tar.xz");
+    run.phase("pull", |run| {
+        if cell.kheaders == Kheaders::Module {
+            return Err(Verdict::Error("kheaders=m cells are not supported yet".into()));
+        }
+        let path = if cell.patched { "/proc/kheaders.tar.xz" } else { "/sys/kernel/kheaders.tar.xz" };
+        guest.pull("pull", path, &pulled).map_err(vm_stop)?;
+        run.check("pulled archive is the build's archive", checks::same_bytes(&pulled, &artifacts.archive))
+    })?;
+    let headers = run.dir.join("headers");
+    run.phase("extract", |run| {
+        let x = checks::extract(&pulled, &headers)?;
+        tracing::info!("{}: {} files, {} bytes unpacked", cell.name, x.files, x.bytes);
+        run.check("archive contents", checks::contents(&headers, cell.modbuild))
+    })?;
+    if !cell.modbuild {
+        run.checks.push(Check { name: "module build".into(), verdict: Verdict::Skip("the archive has headers only".into()) });
+        guest.shutdown();
+        return Ok(());
+    }
+    let ko = run.phase("modbuild", |run| {
+        checks::build_testmod(&headers, &kheaders_selftest::testmod_dir(), cell.arch, &run.dir, &run.dir.join("modbuild.log"))
+    })?;
+    run.phase("load", |run| {
+        guest.push("load", &ko, "/tmp/test.ko").map_err(vm_stop)?;
+        let out = guest.run("load", "dmesg -c >/dev/null; insmod /tmp/test.ko && dmesg", s.timeouts.command).map_err(vm_stop)?;
+        if out.status != 0 {
+            return run.check("test.ko loads", Verdict::Fail(format!("insmod test.ko exited {}:\n{}", out.status, out.text)));
+        }
+        run.check("test.ko loads", checks::kernel_log_has("insmod", &out.text, checks::HELLO))?;
+        let out = guest.run("load", "dmesg -c >/dev/null; rmmod test && dmesg", s.timeouts.command).map_err(vm_stop)?;
+        if out.status != 0 {
+            return run.check("test.ko unloads", Verdict::Fail(format!("rmmod test exited {}:\n{}", out.status, out.text)));
+        }
+        run.check("test.ko unloads", checks::kernel_log_has("rmmod", &out.text, checks::GOODBYE))
+    })?;
+    guest.shutdown();
+    Ok(())
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), Stop> {
+    std::fs::copy(from, to)
+        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))
+        .map(drop)
+        .map_err(error)
+}

@@ -1,0 +1,114 @@
+//! Stage 3, the image: a busybox initramfs written as a `newc` cpio archive
+//! directly (no root, no `cpio` tool, same bytes every time).
+//!
+//! It holds `/init` (`images/init`, which drives the guest side of the
+//! protocol in [`crate::vm`]), a static busybox, and `/dev/console`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::matrix::Arch;
+
+/// Where a static busybox for `arch` is on this host.
+pub fn busybox_for(arch: Arch) -> Result<PathBuf> {
+    if arch.is_host() {
+        Ok(PathBuf::from("/bin/busybox"))
+    } else {
+        anyhow::bail!("no static busybox for {} on this host yet", arch.kernel_arch())
+    }
+}
+
+/// One entry of a `newc` archive.
+enum Entry<'a> {
+    Dir(&'a str),
+    File { name: &'a str, mode: u32, data: &'a [u8] },
+    CharDev { name: &'a str, major: u32, minor: u32 },
+}
+
+/// Append one `newc` header, name and data, each padded to 4 bytes.
+fn write_entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
+    let nlink = if mode & 0o170000 == 0o040000 { 2 } else { 1 };
+    let fields = [ino, mode, 0, 0, nlink, 0, data.len() as u32, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
+    out.extend_from_slice(b"070701");
+    for f in fields {
+        write!(out, "{f:08X}").unwrap();
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    pad4(out);
+    out.extend_from_slice(data);
+    pad4(out);
+}
+
+fn pad4(out: &mut Vec<u8>) {
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+}
+
+fn cpio(entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let ino = i as u32 + 1;
+        match *e {
+            Entry::Dir(name) => write_entry(&mut out, ino, name, 0o040755, (0, 0), &[]),
+            Entry::File { name, mode, data } => write_entry(&mut out, ino, name, 0o100000 | mode, (0, 0), data),
+            Entry::CharDev { name, major, minor } => write_entry(&mut out, ino, name, 0o020600, (major, minor), &[]),
+        }
+    }
+    write_entry(&mut out, 0, "TRAILER!!!", 0, (0, 0), &[]);
+    out
+}
+
+/// The initramfs bytes for `init` (the script) and `busybox`.
+pub fn initramfs(init: &[u8], busybox: &[u8]) -> Vec<u8> {
+    cpio(&[
+        Entry::Dir("bin"),
+        Entry::Dir("dev"),
+        Entry::Dir("proc"),
+        Entry::Dir("sys"),
+        Entry::Dir("tmp"),
+        Entry::CharDev { name: "dev/console", major: 5, minor: 1 },
+        Entry::File { name: "bin/busybox", mode: 0o755, data: busybox },
+        Entry::File { name: "init", mode: 0o755, data: init },
+    ])
+}
+
+/// Write the initramfs for `arch` to `dest`.
+pub fn make(images_dir: &Path, arch: Arch, dest: &Path) -> Result<()> {
+    let init_path = images_dir.join("init");
+    let init = std::fs::read(&init_path).with_context(|| format!("cannot read {}", init_path.display()))?;
+    let bb_path = busybox_for(arch)?;
+    let busybox = std::fs::read(&bb_path)
+        .with_context(|| format!("cannot read {} (Debian package busybox-static)", bb_path.display()))?;
+    std::fs::write(dest, initramfs(&init, &busybox)).with_context(|| format!("cannot write {}", dest.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    #[test]
+    fn newc_is_read_back_by_cpio() {
+        let bytes = initramfs(b"#!/bin/sh\necho hi\n", b"\x7fELF-not-really");
+        assert_eq!(bytes.len() % 4, 0);
+        let mut child = Command::new("cpio")
+            .args(["-t", "-v", "--quiet"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("cpio (Debian package cpio)");
+        child.stdin.take().unwrap().write_all(&bytes).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let listing = String::from_utf8(out.stdout).unwrap();
+        for name in ["bin/busybox", "dev/console", "init", "tmp"] {
+            assert!(listing.lines().any(|l| l.ends_with(name)), "{name} missing from:\n{listing}");
+        }
+        assert!(listing.lines().any(|l| l.starts_with("crw") && l.contains("5,") && l.ends_with("dev/console")), "{listing}");
+        assert_eq!(initramfs(b"a", b"b"), initramfs(b"a", b"b"), "not deterministic");
+    }
+}

@@ -1,0 +1,270 @@
+//! Stage 2, kbuild: configure (tinyconfig, then the cell's fragments, then
+//! `olddefconfig`), verify every requested option stuck, and build.
+//!
+//! A build directory is reused across runs; it is configured again only when
+//! what the cell asks for changes, so a rerun with nothing changed is a no-op
+//! `make` and the kheaders archive is not regenerated.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::matrix::{Arch, BuildKind, Cell, Kheaders};
+use crate::process::{run_logged, tail};
+
+/// A `.config` as symbol → value (`y`, `m`, `n`, a number or a quoted string).
+pub type Config = BTreeMap<String, String>;
+
+/// Where and how one kernel is built.
+#[derive(Debug, Clone)]
+pub struct Build {
+    pub arch: Arch,
+    /// The source tree.
+    pub src: PathBuf,
+    /// The object tree: `O=` for out-of-tree builds, else `src` itself.
+    pub obj: PathBuf,
+    pub kind: BuildKind,
+}
+
+/// Requested options that the final `.config` does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("requested Kconfig options did not stick ({}):\n  {}", .config.display(), .options.join("\n  "))]
+pub struct NotStuck {
+    pub config: PathBuf,
+    pub options: Vec<String>,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    pub kernel_image: PathBuf,
+    pub archive: PathBuf,
+    /// `kernel/kheaders.ko` when kheaders is a module.
+    pub kheaders_ko: Option<PathBuf>,
+}
+
+/// Parse `.config` text. `# CONFIG_X is not set` reads as `n`.
+pub fn parse_config(text: &str) -> Config {
+    let mut c = Config::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("# CONFIG_") {
+            if let Some(sym) = rest.strip_suffix(" is not set") {
+                c.insert(format!("CONFIG_{sym}"), "n".into());
+            }
+        } else if let Some((k, v)) = line.split_once('=') {
+            if k.starts_with("CONFIG_") {
+                c.insert(k.to_owned(), v.to_owned());
+            }
+        }
+    }
+    c
+}
+
+/// What `cell` asks of Kconfig: its fragments in order, then its kheaders
+/// options (which win).
+pub fn requested(cell: &Cell, fragments: &[PathBuf]) -> Result<Config> {
+    let mut want = Config::new();
+    for f in fragments {
+        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read the fragment {}", f.display()))?;
+        for (lineno, line) in text.lines().enumerate() {
+            let t = line.trim();
+            if t.is_empty() || (t.starts_with('#') && !t.ends_with(" is not set")) {
+                continue;
+            }
+            let one = parse_config(t);
+            if one.is_empty() {
+                bail!("{}:{}: not a Kconfig assignment: {line:?}", f.display(), lineno + 1);
+            }
+            want.extend(one);
+        }
+    }
+    let kh = match cell.kheaders {
+        Kheaders::BuiltIn => "y",
+        Kheaders::Module => "m",
+    };
+    want.insert("CONFIG_IKHEADERS".into(), kh.into());
+    if cell.patched {
+        let mb = if cell.modbuild { "y" } else { "n" };
+        want.insert("CONFIG_IKHEADERS_MODBUILD".into(), mb.into());
+    }
+    Ok(want)
+}
+
+/// Requested options whose final value differs, as readable lines.
+pub fn verify(want: &Config, got: &Config) -> Vec<String> {
+    want.iter()
+        .filter_map(|(k, v)| {
+            let have = got.get(k).map(String::as_str).unwrap_or("n");
+            (have != v).then(|| {
+                let have = if got.contains_key(k) { have.to_owned() } else { "absent (its dependencies are not met)".into() };
+                format!("{k}={v} requested, final .config has {have}")
+            })
+        })
+        .collect()
+}
+
+/// The `.config` text: `base` with every symbol of `want` replaced.
+pub fn merge(base: &str, want: &Config) -> String {
+    let mut out: String = base
+        .lines()
+        .filter(|l| {
+            let c = parse_config(l);
+            c.keys().next().is_none_or(|k| !want.contains_key(k))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str("# khtest: the cell's fragments and options\n");
+    for (k, v) in want {
+        if v == "n" {
+            out.push_str(&format!("# {k} is not set\n"));
+        } else {
+            out.push_str(&format!("{k}={v}\n"));
+        }
+    }
+    out
+}
+
+/// Make jobs: one more than the cores, as kbuild users usually do.
+pub fn jobs() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) + 1
+}
+
+impl Build {
+    /// `make` with the arch, cross compiler and object tree of this build,
+    /// and fixed build identity so that rebuilds are reproducible.
+    pub fn make(&self) -> Command {
+        let mut cmd = Command::new("make");
+        cmd.arg("-C").arg(&self.src);
+        if self.kind == BuildKind::OutOfTree {
+            cmd.arg(format!("O={}", self.obj.display()));
+        }
+        cmd.arg(format!("ARCH={}", self.arch.kernel_arch()));
+        let cross = self.arch.cross_compile();
+        if !cross.is_empty() {
+            cmd.arg(format!("CROSS_COMPILE={cross}"));
+        }
+        cmd.env("KBUILD_BUILD_USER", "khtest")
+            .env("KBUILD_BUILD_HOST", "khtest")
+            .env("KBUILD_BUILD_TIMESTAMP", "Sun Nov 17 00:00:00 UTC 2024");
+        cmd
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.obj.join(".config")
+    }
+
+    /// Configure unless the object tree already holds a `.config` made from
+    /// exactly `want`; then check every requested option. Returns the final
+    /// `.config`.
+    pub fn configure(&self, want: &Config, log: &Path) -> Result<Config> {
+        let stamp = self.obj.join(".khtest-requested");
+        let want_text = merge("", want);
+        let current = std::fs::read_to_string(&stamp).ok();
+        if current.as_deref() != Some(&want_text) || !self.config_path().exists() {
+            std::fs::create_dir_all(&self.obj).with_context(|| format!("cannot create {}", self.obj.display()))?;
+            let _ = std::fs::remove_file(&stamp);
+            self.make_target(&["tinyconfig"], log, Duration::from_secs(300))?;
+            let base = std::fs::read_to_string(self.config_path())?;
+            std::fs::write(self.config_path(), merge(&base, want))?;
+            self.make_target(&["olddefconfig"], log, Duration::from_secs(300))?;
+            std::fs::write(&stamp, &want_text)?;
+        }
+        let got = parse_config(&std::fs::read_to_string(self.config_path())?);
+        let bad = verify(want, &got);
+        if !bad.is_empty() {
+            return Err(NotStuck { config: self.config_path(), options: bad }.into());
+        }
+        Ok(got)
+    }
+
+    /// `make` the kernel (and modules); the log gets all output.
+    pub fn build(&self, config: &Config, log: &Path, limit: Duration) -> Result<Artifacts> {
+        self.make_target(&[&format!("-j{}", jobs())], log, limit)?;
+        let image = match self.arch {
+            Arch::X86_64 => "arch/x86/boot/bzImage",
+            Arch::Arm64 => "arch/arm64/boot/Image",
+        };
+        let module = config.get("CONFIG_IKHEADERS").is_some_and(|v| v == "m");
+        let a = Artifacts {
+            kernel_image: self.obj.join(image),
+            archive: self.obj.join("kernel/kheaders_data.tar.xz"),
+            kheaders_ko: module.then(|| self.obj.join("kernel/kheaders.ko")),
+        };
+        for p in [Some(&a.kernel_image), Some(&a.archive), a.kheaders_ko.as_ref()].into_iter().flatten() {
+            if !p.is_file() {
+                bail!("the build finished but {} is missing (log: {})", p.display(), log.display());
+            }
+        }
+        Ok(a)
+    }
+
+    fn make_target(&self, args: &[&str], log: &Path, limit: Duration) -> Result<()> {
+        let mut cmd = self.make();
+        cmd.args(args);
+        let st = run_logged(&mut cmd, log, limit)?;
+        if !st.success() {
+            bail!(
+                "`make {}` failed ({st}); last lines of {}:\n{}",
+                args.join(" "),
+                log.display(),
+                tail(log, 20)
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matrix::Matrix;
+
+    #[test]
+    fn parses_values_and_not_set() {
+        let c = parse_config("CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_S=\"x y\"\n# comment\nCONFIG_N=12\n");
+        assert_eq!(c["CONFIG_A"], "y");
+        assert_eq!(c["CONFIG_B"], "n");
+        assert_eq!(c["CONFIG_S"], "\"x y\"");
+        assert_eq!(c["CONFIG_N"], "12");
+        assert_eq!(c.len(), 4);
+    }
+
+    #[test]
+    fn verify_names_what_did_not_stick() {
+        let want = parse_config("CONFIG_A=y\nCONFIG_B=m\n# CONFIG_C is not set\nCONFIG_D=y\n");
+        let got = parse_config("CONFIG_A=y\nCONFIG_B=y\n");
+        let bad = verify(&want, &got);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(bad[0].contains("CONFIG_B=m requested, final .config has y"));
+        assert!(bad[1].contains("CONFIG_D=y requested") && bad[1].contains("absent"));
+        assert!(verify(&want, &parse_config("CONFIG_A=y\nCONFIG_B=m\nCONFIG_D=y\n")).is_empty());
+    }
+
+    #[test]
+    fn merge_replaces_requested_symbols() {
+        let want = parse_config("CONFIG_A=m\n# CONFIG_B is not set\n");
+        let out = merge("CONFIG_A=y\nCONFIG_B=y\nCONFIG_C=y\n", &want);
+        let c = parse_config(&out);
+        assert_eq!((c["CONFIG_A"].as_str(), c["CONFIG_B"].as_str(), c["CONFIG_C"].as_str()), ("m", "n", "y"));
+        assert_eq!(out.matches("CONFIG_A").count(), 1);
+    }
+
+    #[test]
+    fn requested_adds_the_cells_kheaders_options_and_rejects_junk() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f.config"), "# a comment\nCONFIG_MODULES=y\n# CONFIG_X is not set\n").unwrap();
+        let m = Matrix::parse("cells:\n  - {name: a, arch: x86_64, kheaders: m, fragments: [f.config]}\n", d.path()).unwrap();
+        let w = requested(&m.cells[0], &m.fragment_paths(&m.cells[0])).unwrap();
+        assert_eq!(w["CONFIG_MODULES"], "y");
+        assert_eq!(w["CONFIG_X"], "n");
+        assert_eq!(w["CONFIG_IKHEADERS"], "m");
+        assert_eq!(w["CONFIG_IKHEADERS_MODBUILD"], "y");
+        std::fs::write(d.path().join("f.config"), "CONFIG_MODULES=y\nmodules please\n").unwrap();
+        let e = requested(&m.cells[0], &m.fragment_paths(&m.cells[0])).unwrap_err().to_string();
+        assert!(e.contains("f.config:2: not a Kconfig assignment"), "{e}");
+    }
+}

@@ -1,0 +1,266 @@
+//! The matrix: `configs/matrix.yaml`, one entry per cell.
+//!
+//! Parsing is strict (unknown keys are errors) and everything a cell refers to
+//! is checked before anything is built, so that a typo costs seconds, not a
+//! kernel build.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Matrix {
+    pub cells: Vec<Cell>,
+    /// Directory the fragment names are relative to (set after parsing).
+    #[serde(skip)]
+    pub fragment_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Arch {
+    #[serde(rename = "x86_64")]
+    X86_64,
+    #[serde(rename = "arm64")]
+    Arm64,
+}
+
+/// How kheaders is built into the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Kheaders {
+    #[serde(rename = "y")]
+    BuiltIn,
+    #[serde(rename = "m")]
+    Module,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BuildKind {
+    /// `make O=<dir>` against a shared, read-only patched tree.
+    #[default]
+    OutOfTree,
+    /// `make` inside the cell's own copy of the tree.
+    InTree,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cell {
+    /// Test name: `[a-z0-9_-]+`, unique.
+    pub name: String,
+    /// What the cell proves, for the report.
+    #[serde(default)]
+    pub description: String,
+    pub arch: Arch,
+    pub kheaders: Kheaders,
+    /// Ask for module-build artifacts in the archive (CONFIG_IKHEADERS_MODBUILD).
+    #[serde(default = "yes")]
+    pub modbuild: bool,
+    #[serde(default)]
+    pub build: BuildKind,
+    /// Apply `kernel/series` (false: mainline 6.12 as Debian ships it).
+    #[serde(default = "yes")]
+    pub patched: bool,
+    /// Kconfig fragments merged over `tinyconfig`, in order.
+    #[serde(default)]
+    pub fragments: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Arch {
+    /// The kernel's `ARCH=`.
+    pub fn kernel_arch(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The kernel's `SRCARCH` (the directory under `arch/`).
+    pub fn srcarch(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    pub fn is_host(self) -> bool {
+        matches!((self, std::env::consts::ARCH), (Arch::X86_64, "x86_64") | (Arch::Arm64, "aarch64"))
+    }
+
+    /// `CROSS_COMPILE=` for this arch on this host (empty for native).
+    pub fn cross_compile(self) -> &'static str {
+        if self.is_host() {
+            return "";
+        }
+        match self {
+            Arch::X86_64 => "x86_64-linux-gnu-",
+            Arch::Arm64 => "aarch64-linux-gnu-",
+        }
+    }
+}
+
+impl Matrix {
+    pub fn load(path: &Path) -> Result<Matrix> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the matrix {}", path.display()))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Matrix::parse(&text, &dir.join("fragments"))
+            .with_context(|| format!("in the matrix {}", path.display()))
+    }
+
+    /// Parse and validate; `fragment_dir` is where fragment names resolve.
+    pub fn parse(text: &str, fragment_dir: &Path) -> Result<Matrix> {
+        let mut m: Matrix = yaml_serde::from_str(text)?;
+        m.fragment_dir = fragment_dir.to_owned();
+        m.validate()?;
+        Ok(m)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.cells.is_empty() {
+            bail!("`cells` is empty: a matrix needs at least one cell");
+        }
+        let mut seen = HashSet::new();
+        for c in &self.cells {
+            let ok = !c.name.is_empty()
+                && c.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            if !ok {
+                bail!("cell name {:?}: use only a-z, 0-9, '-' and '_' (it names a test and a directory)", c.name);
+            }
+            if !seen.insert(&c.name) {
+                bail!("duplicate cell name {:?}: cell names must be unique", c.name);
+            }
+            if c.modbuild && !c.patched {
+                bail!(
+                    "cell {:?}: `modbuild: true` needs `patched: true` (mainline 6.12 has no module-build artifacts); \
+                     set `modbuild: false` for the headers-only baseline",
+                    c.name
+                );
+            }
+            for f in &c.fragments {
+                let p = self.fragment_dir.join(f);
+                if !p.is_file() {
+                    bail!("cell {:?}: fragment {:?} not found (looked for {})", c.name, f, p.display());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn fragment_paths(&self, cell: &Cell) -> Vec<PathBuf> {
+        cell.fragments.iter().map(|f| self.fragment_dir.join(f)).collect()
+    }
+
+    /// The cells whose names are in `names` (all cells if `names` is empty);
+    /// an unknown name is an error that lists the known ones.
+    pub fn select(&self, names: &[String]) -> Result<Vec<&Cell>> {
+        if names.is_empty() {
+            return Ok(self.cells.iter().collect());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.cells.iter().find(|c| &c.name == n).with_context(|| {
+                    let known: Vec<_> = self.cells.iter().map(|c| c.name.as_str()).collect();
+                    format!("no cell named {n:?}; the matrix has: {}", known.join(", "))
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frag_dir() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("base.config"), "CONFIG_MODULES=y\n").unwrap();
+        d
+    }
+
+    const GOOD: &str = "
+cells:
+  - name: x86_64-y
+    arch: x86_64
+    kheaders: y
+    fragments: [base.config]
+  - name: baseline
+    arch: x86_64
+    kheaders: y
+    patched: false
+    modbuild: false
+    build: in-tree
+";
+
+    #[test]
+    fn parses_a_good_matrix_with_defaults() {
+        let d = frag_dir();
+        let m = Matrix::parse(GOOD, d.path()).unwrap();
+        assert_eq!(m.cells.len(), 2);
+        let c = &m.cells[0];
+        assert!(c.patched && c.modbuild);
+        assert_eq!(c.build, BuildKind::OutOfTree);
+        assert_eq!(m.cells[1].build, BuildKind::InTree);
+        assert_eq!(m.fragment_paths(c), vec![d.path().join("base.config")]);
+    }
+
+    fn err(text: &str) -> String {
+        let d = frag_dir();
+        format!("{:#}", Matrix::parse(text, d.path()).unwrap_err())
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = err("cells:\n  - name: a\n    arch: x86_64\n    kheaders: y\n    colour: blue\n");
+        assert!(e.contains("unknown field `colour`") && e.contains("line 5"), "{e}");
+    }
+
+    #[test]
+    fn unknown_arch_and_bad_values_are_errors() {
+        let e = err("cells:\n  - name: a\n    arch: riscv\n    kheaders: y\n");
+        assert!(e.contains("riscv") && e.contains("line 3"), "{e}");
+        let e = err("cells:\n  - name: a\n    arch: x86_64\n    kheaders: maybe\n");
+        assert!(e.contains("maybe"), "{e}");
+    }
+
+    #[test]
+    fn malformed_yaml_is_an_error_with_a_location() {
+        let e = err("cells:\n  - name: [unclosed\n");
+        assert!(e.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_missing_fragments_and_bad_names() {
+        let dup = "cells:\n  - {name: a, arch: x86_64, kheaders: y}\n  - {name: a, arch: x86_64, kheaders: m}\n";
+        assert!(err(dup).contains("duplicate cell name \"a\""));
+        let missing = "cells:\n  - {name: a, arch: x86_64, kheaders: y, fragments: [nope.config]}\n";
+        assert!(err(missing).contains("fragment \"nope.config\" not found"));
+        let bad = "cells:\n  - {name: 'A b', arch: x86_64, kheaders: y}\n";
+        assert!(err(bad).contains("use only a-z"));
+        assert!(err("cells: []\n").contains("at least one cell"));
+    }
+
+    #[test]
+    fn modbuild_needs_the_series() {
+        let e = err("cells:\n  - {name: a, arch: x86_64, kheaders: y, patched: false}\n");
+        assert!(e.contains("`modbuild: true` needs `patched: true`"), "{e}");
+    }
+
+    #[test]
+    fn select_names_unknown_cells() {
+        let d = frag_dir();
+        let m = Matrix::parse(GOOD, d.path()).unwrap();
+        assert_eq!(m.select(&[]).unwrap().len(), 2);
+        assert_eq!(m.select(&["baseline".into()]).unwrap()[0].name, "baseline");
+        let e = m.select(&["nope".into()]).unwrap_err().to_string();
+        assert!(e.contains("x86_64-y, baseline"), "{e}");
+    }
+}

@@ -1,0 +1,175 @@
+//! Stage 7, the report: each cell's verdict, phase times and checks, as a
+//! table for people and `results.json` for tools.
+//!
+//! PASS: every check passed. FAIL: a check found the kernel (or the series)
+//! at fault. ERROR: the harness or the host failed (a tool, a build, a hung
+//! guest), so nothing is known about the kernel. SKIP: not run, with why.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", content = "reason", rename_all = "UPPERCASE")]
+pub enum Verdict {
+    Pass,
+    Fail(String),
+    Error(String),
+    Skip(String),
+}
+
+impl Verdict {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::Pass => "PASS",
+            Verdict::Fail(_) => "FAIL",
+            Verdict::Error(_) => "ERROR",
+            Verdict::Skip(_) => "SKIP",
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Verdict::Pass => "",
+            Verdict::Fail(r) | Verdict::Error(r) | Verdict::Skip(r) => r,
+        }
+    }
+
+    pub fn is_bad(&self) -> bool {
+        matches!(self, Verdict::Fail(_) | Verdict::Error(_))
+    }
+}
+
+/// How long one phase took.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub name: String,
+    pub seconds: f64,
+}
+
+/// One named check inside a cell.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CellReport {
+    pub cell: String,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// The phase that was running when the cell stopped, if it did not pass.
+    pub failed_phase: Option<String>,
+    pub phases: Vec<Phase>,
+    pub checks: Vec<Check>,
+    /// The cell's directory: logs, `.config`, archive, results.
+    pub dir: PathBuf,
+    /// Command that reruns just this cell.
+    pub reproducer: String,
+}
+
+impl CellReport {
+    pub fn phase_seconds(&self, name: &str) -> Option<f64> {
+        self.phases.iter().find(|p| p.name == name).map(|p| p.seconds)
+    }
+
+    pub fn write_json(&self) -> Result<PathBuf> {
+        let path = self.dir.join("results.json");
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(&path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// A few lines for a person: verdict, why, where the logs are.
+    pub fn explain(&self) -> String {
+        let mut s = format!("{} {}", self.verdict.label(), self.cell);
+        if let Some(p) = &self.failed_phase {
+            let _ = write!(s, " (in phase {p})");
+        }
+        if !self.verdict.reason().is_empty() {
+            let _ = write!(s, ": {}", self.verdict.reason());
+        }
+        for c in self.checks.iter().filter(|c| c.verdict != Verdict::Pass) {
+            let _ = write!(s, "\n  check {}: {} {}", c.name, c.verdict.label(), c.verdict.reason());
+        }
+        let _ = write!(s, "\n  logs: {}", self.dir.display());
+        if self.verdict.is_bad() {
+            let _ = write!(s, "\n  rerun: {}", self.reproducer);
+        }
+        s
+    }
+}
+
+/// The phases shown as columns, in flow order.
+pub const TABLE_PHASES: &[&str] = &["build", "boot", "pull", "extract", "modbuild", "load"];
+
+/// The summary table of a run.
+pub fn table(reports: &[CellReport]) -> String {
+    let width = reports.iter().map(|r| r.cell.len()).max().unwrap_or(4).max(4);
+    let mut s = format!("{:width$}  {:7}", "cell", "verdict");
+    for p in TABLE_PHASES {
+        let _ = write!(s, " {p:>9}");
+    }
+    s.push_str("     total\n");
+    for r in reports {
+        let _ = write!(s, "{:width$}  {:7}", r.cell, r.verdict.label());
+        for p in TABLE_PHASES {
+            match r.phase_seconds(p) {
+                Some(t) => {
+                    let _ = write!(s, " {t:>8.1}s");
+                }
+                None => s.push_str("         -"),
+            }
+        }
+        let total: f64 = r.phases.iter().map(|p| p.seconds).sum();
+        let _ = writeln!(s, " {total:>8.1}s");
+    }
+    s
+}
+
+/// Where a cell's results go.
+pub fn cell_dir(out: &Path, cell: &str) -> PathBuf {
+    out.join(cell)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(verdict: Verdict) -> CellReport {
+        CellReport {
+            cell: "x86_64-y-o".into(),
+            verdict,
+            failed_phase: Some("load".into()),
+            phases: vec![Phase { name: "build".into(), seconds: 100.0 }, Phase { name: "load".into(), seconds: 2.5 }],
+            checks: vec![Check { name: "module loads".into(), verdict: Verdict::Fail("no Hello, world".into()) }],
+            dir: "/out/x86_64-y-o".into(),
+            reproducer: "khtest run x86_64-y-o".into(),
+        }
+    }
+
+    #[test]
+    fn json_has_status_reason_and_phases() {
+        let v: serde_json::Value = serde_json::to_value(report(Verdict::Fail("boom".into()))).unwrap();
+        assert_eq!(v["status"], "FAIL");
+        assert_eq!(v["reason"], "boom");
+        assert_eq!(v["phases"][0]["name"], "build");
+        assert_eq!(v["checks"][0]["status"], "FAIL");
+        let v = serde_json::to_value(report(Verdict::Pass)).unwrap();
+        assert_eq!(v["status"], "PASS");
+    }
+
+    #[test]
+    fn table_and_explanation() {
+        let r = report(Verdict::Fail("module did not load".into()));
+        let t = table(std::slice::from_ref(&r));
+        assert!(t.contains("x86_64-y-o  FAIL") && t.contains("100.0s") && t.contains("2.5s") && t.contains("102.5s"), "{t}");
+        let e = r.explain();
+        assert!(e.contains("(in phase load)") && e.contains("rerun: khtest run x86_64-y-o") && e.contains("check module loads: FAIL"), "{e}");
+        assert!(!report(Verdict::Pass).explain().contains("rerun"));
+    }
+}

@@ -1,0 +1,100 @@
+//! Preflight: every host tool a cell needs, checked before anything is
+//! built, and named with the Debian package that provides it.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+use crate::matrix::{Arch, Cell};
+
+/// A tool and the Debian package that provides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tool {
+    /// A command looked up in `PATH`, or an absolute path to a file.
+    pub name: String,
+    pub package: &'static str,
+}
+
+fn tool(name: impl Into<String>, package: &'static str) -> Tool {
+    Tool { name: name.into(), package }
+}
+
+/// What building, booting and checking `cell` needs on this host.
+pub fn required(cell: &Cell) -> Vec<Tool> {
+    let mut t = vec![
+        tool("make", "make"),
+        tool("gcc", "gcc"),
+        tool("flex", "flex"),
+        tool("bison", "bison"),
+        tool("bc", "bc"),
+        tool("perl", "perl"),
+        tool("cpio", "cpio"),
+        tool("xz", "xz-utils"),
+        tool("tar", "tar"),
+        tool("patch", "patch"),
+        tool("/usr/include/libelf.h", "libelf-dev"),
+        tool("/usr/include/openssl/ssl.h", "libssl-dev"),
+    ];
+    let cross = cell.arch.cross_compile();
+    if !cross.is_empty() {
+        t.push(tool(format!("{cross}gcc"), "gcc-aarch64-linux-gnu"));
+        t.push(tool(format!("{cross}ld"), "binutils-aarch64-linux-gnu"));
+    }
+    match cell.arch {
+        Arch::X86_64 => t.push(tool("qemu-system-x86_64", "qemu-system-x86")),
+        Arch::Arm64 => t.push(tool("qemu-system-aarch64", "qemu-system-arm")),
+    }
+    if cell.arch == Arch::X86_64 {
+        t.push(tool("/bin/busybox", "busybox-static"));
+    }
+    t
+}
+
+pub fn is_present(t: &Tool) -> bool {
+    if t.name.starts_with('/') {
+        return Path::new(&t.name).exists();
+    }
+    in_path(&t.name)
+}
+
+fn in_path(name: &str) -> bool {
+    let Some(path) = std::env::var_os("PATH") else { return false };
+    std::env::split_paths(&path).any(|dir| {
+        let p = dir.join(name);
+        std::fs::metadata(&p).is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+    })
+}
+
+/// Fail, naming every missing tool and its package, if any is missing.
+pub fn check(tools: &[Tool]) -> Result<()> {
+    let missing: Vec<&Tool> = tools.iter().filter(|t| !is_present(t)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut pkgs: Vec<&str> = missing.iter().map(|t| t.package).collect();
+    pkgs.sort_unstable();
+    pkgs.dedup();
+    let names: Vec<String> = missing.iter().map(|t| format!("{} (Debian package {})", t.name, t.package)).collect();
+    bail!(
+        "missing host tools: {}. Install them with: apt-get install --no-install-recommends {} \
+         (or run scripts/setup-host.sh)",
+        names.join(", "),
+        pkgs.join(" ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_tools_are_named_with_their_package() {
+        let e = check(&[tool("sh", "dash"), tool("khtest-no-such-tool", "no-such-package"), tool("/no/such/file.h", "libnope-dev")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("khtest-no-such-tool (Debian package no-such-package)"), "{e}");
+        assert!(e.contains("/no/such/file.h (Debian package libnope-dev)"), "{e}");
+        assert!(e.contains("apt-get install --no-install-recommends libnope-dev no-such-package"), "{e}");
+        assert!(!e.contains("dash"), "{e}");
+    }
+}

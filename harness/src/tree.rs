@@ -1,0 +1,172 @@
+//! Stage 1, the tree: unpack the kernel source once, apply `kernel/series`,
+//! install `selftests/kheaders` as `tools/testing/selftests/kheaders`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cache::{key, Cache};
+use crate::process::{run_logged, tail};
+use crate::Project;
+
+/// Debian's `linux-source-6.12` package installs this.
+pub const DEBIAN_SOURCE: &str = "/usr/src/linux-source-6.12.tar.xz";
+
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A `.tar.xz` of a kernel tree with one top-level directory.
+    Tarball(PathBuf),
+    /// A kernel tree on disk, used as it is when first cached.
+    Dir(PathBuf),
+}
+
+impl Source {
+    pub fn from_arg(path: Option<&Path>) -> Result<Source> {
+        let path = path.unwrap_or(Path::new(DEBIAN_SOURCE));
+        if path.is_dir() {
+            if !path.join("Makefile").is_file() || !path.join("Kconfig").is_file() {
+                bail!("{} is not a kernel tree (no Makefile and Kconfig at its top)", path.display());
+            }
+            Ok(Source::Dir(std::path::absolute(path)?))
+        } else if path.is_file() {
+            Ok(Source::Tarball(std::path::absolute(path)?))
+        } else if path == Path::new(DEBIAN_SOURCE) {
+            bail!("the default kernel source {DEBIAN_SOURCE} is missing: apt-get install linux-source-6.12 (or pass --tree)")
+        } else {
+            bail!("kernel tree {} does not exist", path.display())
+        }
+    }
+
+    /// Identity of the source for cache keys.
+    fn key(&self) -> Result<String> {
+        let (kind, path) = match self {
+            Source::Tarball(p) => ("tarball", p),
+            Source::Dir(p) => ("dir", p),
+        };
+        let probe = if path.is_dir() { path.join("Makefile") } else { path.clone() };
+        let meta = std::fs::metadata(&probe).with_context(|| format!("cannot stat {}", probe.display()))?;
+        let mtime = meta.modified()?.duration_since(std::time::UNIX_EPOCH)?.as_nanos().to_le_bytes();
+        Ok(key(&[kind.as_bytes(), path.as_os_str().as_encoded_bytes(), &meta.len().to_le_bytes(), &mtime]))
+    }
+}
+
+/// A prepared, read-only source tree.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    pub path: PathBuf,
+    /// Changes whenever the source, the series or the selftest change.
+    pub key: String,
+}
+
+/// The patches named by `kernel/series`, in order.
+pub fn series(project: &Project) -> Result<Vec<PathBuf>> {
+    let file = project.kernel_dir().join("series");
+    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let patches: Vec<PathBuf> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| project.kernel_dir().join(l))
+        .collect();
+    if patches.is_empty() {
+        bail!("{} names no patch", file.display());
+    }
+    for p in &patches {
+        if !p.is_file() {
+            bail!("{} names {}, which does not exist", file.display(), p.display());
+        }
+    }
+    Ok(patches)
+}
+
+/// The tree for a cell: the source, patched or not, with the selftest in.
+pub fn prepare(cache: &Cache, source: &Source, project: &Project, patched: bool) -> Result<Tree> {
+    let _lock = cache.lock("trees")?;
+    let src_key = source.key()?;
+    let unpacked = cache.get_or_make("src", &src_key, |dir| unpack(source, dir))?;
+    let unpacked = top_dir(&unpacked)?;
+
+    let patches = if patched { series(project)? } else { Vec::new() };
+    let mut parts: Vec<Vec<u8>> = vec![src_key.into_bytes(), vec![u8::from(patched)]];
+    for p in &patches {
+        parts.push(std::fs::read(p)?);
+    }
+    for f in walk_files(&project.selftest_dir())? {
+        parts.push(f.as_os_str().as_encoded_bytes().to_vec());
+        parts.push(std::fs::read(&f)?);
+    }
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    let tree_key = key(&refs);
+    let path = cache.get_or_make("trees", &tree_key, |dir| {
+        copy_tree(&unpacked, dir)?;
+        let log = dir.with_extension("patch.log");
+        let _ = std::fs::remove_file(&log);
+        for p in &patches {
+            let st = run_logged(
+                Command::new("patch").args(["-p1", "--batch", "--forward", "-d"]).arg(dir).arg("-i").arg(p),
+                &log,
+                Duration::from_secs(120),
+            )?;
+            if !st.success() {
+                bail!("{} does not apply to {}:\n{}", p.display(), unpacked.display(), tail(&log, 15));
+            }
+        }
+        let dst = dir.join("tools/testing/selftests/kheaders");
+        copy_tree(&project.selftest_dir(), &dst)
+    })?;
+    Ok(Tree { path, key: tree_key })
+}
+
+fn unpack(source: &Source, dir: &Path) -> Result<()> {
+    tracing::info!("unpacking {source:?} into the cache (once)");
+    let log = dir.with_extension("log");
+    let st = match source {
+        Source::Tarball(t) => run_logged(Command::new("tar").arg("-xf").arg(t).arg("-C").arg(dir), &log, Duration::from_secs(900))?,
+        Source::Dir(d) => run_logged(Command::new("cp").args(["-a", "--reflink=auto"]).arg(d.join(".")).arg(dir.join("tree")), &log, Duration::from_secs(900))?,
+    };
+    if !st.success() {
+        bail!("unpacking {source:?} failed:\n{}", tail(&log, 10));
+    }
+    Ok(())
+}
+
+/// The single kernel tree inside an unpacked source entry.
+fn top_dir(entry: &Path) -> Result<PathBuf> {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(entry)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    match dirs.as_slice() {
+        [one] if one.join("Makefile").is_file() => Ok(one.clone()),
+        _ => bail!("{} does not hold exactly one kernel tree", entry.display()),
+    }
+}
+
+/// `cp -a` (reflinked where the filesystem can) of `from`'s contents into `to`.
+pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    let st = Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(from.join("."))
+        .arg(to)
+        .status()
+        .context("running cp")?;
+    if !st.success() {
+        bail!("copying {} to {} failed", from.display(), to.display());
+    }
+    Ok(())
+}
+
+fn walk_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v = Vec::new();
+    for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let e = e?;
+        if e.file_type().is_file() {
+            v.push(e.into_path());
+        }
+    }
+    Ok(v)
+}
