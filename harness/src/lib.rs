@@ -33,7 +33,7 @@ impl Project {
         let root = std::env::var_os("KHTEST_ROOT")
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
-        Project { root: std::path::absolute(&root).unwrap_or(root) }
+        Project { root: root.canonicalize().unwrap_or(root) }
     }
 
     pub fn kernel_dir(&self) -> PathBuf {

@@ -93,8 +93,11 @@ pub fn prepare(cache: &Cache, source: &Source, project: &Project, patched: bool)
     for p in &patches {
         parts.push(std::fs::read(p)?);
     }
-    for f in walk_files(&project.selftest_dir())? {
-        parts.push(f.as_os_str().as_encoded_bytes().to_vec());
+    let selftest = project.selftest_dir();
+    for f in walk_files(&selftest)? {
+        // Relative names: the key must not depend on where the repository is.
+        let rel = f.strip_prefix(&selftest).unwrap_or(&f);
+        parts.push(rel.as_os_str().as_encoded_bytes().to_vec());
         parts.push(std::fs::read(&f)?);
     }
     let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
