@@ -82,10 +82,13 @@ impl Run<'_> {
 pub fn run(project: &Project, matrix: &Matrix, cell: &Cell, settings: &Settings, progress: &dyn Fn(&str)) -> CellReport {
     let dir = cell_dir(&settings.out_dir, &cell.name);
     let mut run = Run { dir: dir.clone(), phases: Vec::new(), checks: Vec::new(), current: None, progress, name: cell.name.clone() };
-    let verdict = match steps(&mut run, project, matrix, cell, settings) {
+    let mut verdict = match steps(&mut run, project, matrix, cell, settings) {
         Ok(()) => Verdict::Pass,
         Err(v) => v,
     };
+    if let Some(sig) = crate::process::interrupted() {
+        verdict = Verdict::Error(format!("interrupted by signal {sig}; a rerun starts this cell again"));
+    }
     let report = CellReport {
         cell: cell.name.clone(),
         failed_phase: if verdict == Verdict::Pass { None } else { run.current.clone() },

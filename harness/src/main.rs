@@ -64,6 +64,7 @@ fn main() -> ExitCode {
 
 fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
+    khtest::process::stop_children_on_signals()?;
     let project = Project::locate();
     let matrix_path = cli.matrix.clone().unwrap_or_else(|| project.default_matrix());
     let matrix = Matrix::load(&matrix_path)?;
@@ -108,12 +109,18 @@ fn real_main() -> Result<ExitCode> {
             };
             let mut reports = Vec::new();
             for c in selected {
+                if khtest::process::interrupted().is_some() {
+                    break;
+                }
                 let r = cell::run(&project, &matrix, c, &settings, &progress);
                 eprintln!("{}", r.explain());
                 reports.push(r);
             }
             print!("{}", report::table(&reports));
             println!("results: {}", settings.out_dir.display());
+            if let Some(sig) = khtest::process::interrupted() {
+                return Ok(ExitCode::from(128 + sig as u8));
+            }
             let bad = reports.iter().any(|r| r.verdict.is_bad());
             Ok(if bad { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }

@@ -1,5 +1,8 @@
 //! Stage 1, the tree: unpack the kernel source once, apply `kernel/series`,
 //! install `selftests/kheaders` as `tools/testing/selftests/kheaders`.
+//!
+//! Trees are shared, read-only sources for `O=` builds; a cell that builds
+//! in-tree works on its own copy.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,7 +59,7 @@ impl Source {
 #[derive(Debug, Clone)]
 pub struct Tree {
     pub path: PathBuf,
-    /// Changes whenever the source, the series or the selftest change.
+    /// Changes whenever the source or the series change.
     pub key: String,
 }
 
@@ -93,13 +96,6 @@ pub fn prepare(cache: &Cache, source: &Source, project: &Project, patched: bool)
     for p in &patches {
         parts.push(std::fs::read(p)?);
     }
-    let selftest = project.selftest_dir();
-    for f in walk_files(&selftest)? {
-        // Relative names: the key must not depend on where the repository is.
-        let rel = f.strip_prefix(&selftest).unwrap_or(&f);
-        parts.push(rel.as_os_str().as_encoded_bytes().to_vec());
-        parts.push(std::fs::read(&f)?);
-    }
     let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
     let tree_key = key(&refs);
     let path = cache.get_or_make("trees", &tree_key, |dir| {
@@ -116,9 +112,16 @@ pub fn prepare(cache: &Cache, source: &Source, project: &Project, patched: bool)
                 bail!("{} does not apply to {}:\n{}", p.display(), unpacked.display(), tail(&log, 15));
             }
         }
-        let dst = dir.join("tools/testing/selftests/kheaders");
-        copy_tree(&project.selftest_dir(), &dst)
+        Ok(())
     })?;
+    // The kernel build never reads tools/testing/selftests, so the selftest
+    // is not part of the key: it is installed afresh instead, and editing it
+    // costs no kernel rebuild.
+    let dst = path.join("tools/testing/selftests/kheaders");
+    if dst.exists() {
+        std::fs::remove_dir_all(&dst).with_context(|| format!("cannot remove {}", dst.display()))?;
+    }
+    copy_tree(&project.selftest_dir(), &dst)?;
     Ok(Tree { path, key: tree_key })
 }
 
@@ -161,15 +164,4 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         bail!("copying {} to {} failed", from.display(), to.display());
     }
     Ok(())
-}
-
-fn walk_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut v = Vec::new();
-    for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
-        let e = e?;
-        if e.file_type().is_file() {
-            v.push(e.into_path());
-        }
-    }
-    Ok(v)
 }

@@ -141,12 +141,9 @@ impl Guest {
         let _ = std::fs::remove_file(&sock);
         let log = File::create(spec.console_log()).map_err(|e| VmError::other("creating the console log", e))?;
         let stderr = File::create(spec.dir.join("qemu.stderr")).map_err(|e| VmError::other("creating qemu.stderr", e))?;
-        let mut child = spec
-            .command()?
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
+        let mut cmd = spec.command()?;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(stderr);
+        let mut child = crate::process::spawn_group(&mut cmd)
             .map_err(|e| VmError::other("cannot start QEMU (Debian package qemu-system-x86)", e))?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
@@ -162,8 +159,7 @@ impl Guest {
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                    crate::process::kill_group(&mut child);
                     let stderr = std::fs::read_to_string(spec.dir.join("qemu.stderr")).unwrap_or_default();
                     return Err(VmError::Other(format!("cannot connect to QEMU's transfer socket {}: {e}; QEMU said: {stderr}", sock.display())));
                 }
@@ -365,6 +361,7 @@ impl Guest {
         let deadline = Instant::now() + self.spec.timeouts.command;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
+                crate::process::forget(&self.child);
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -374,9 +371,10 @@ impl Guest {
 
     fn kill(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
+            crate::process::kill_group(&mut self.child);
         }
         let _ = self.child.wait();
+        crate::process::forget(&self.child);
     }
 }
 

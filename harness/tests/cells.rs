@@ -13,6 +13,10 @@ use khtest::Project;
 
 fn main() {
     let args = Arguments::from_args();
+    if let Err(e) = khtest::process::stop_children_on_signals() {
+        eprintln!("cannot handle signals: {e:#}");
+        std::process::exit(101);
+    }
     let project = Project::locate();
     let matrix = match Matrix::load(&project.default_matrix()) {
         Ok(m) => m,
