@@ -156,6 +156,11 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
             return Err(Verdict::Error("kheaders=m cells are not supported yet".into()));
         }
         let path = if cell.patched { "/proc/kheaders.tar.xz" } else { "/sys/kernel/kheaders.tar.xz" };
+        let probe = guest.run("pull", &format!("test -f {path}"), s.timeouts.command).map_err(vm_stop)?;
+        if probe.status != 0 {
+            let seen = guest.run("pull", "ls -l /proc/kheaders* /sys/kernel/kheaders* 2>&1", s.timeouts.command).map_err(vm_stop)?;
+            return run.check("the guest serves the archive", Verdict::Fail(format!("{path} does not exist in the guest; it has:\n{}", seen.text)));
+        }
         guest.pull("pull", path, &pulled).map_err(vm_stop)?;
         run.check("pulled archive is the build's archive", checks::same_bytes(&pulled, &artifacts.archive))
     })?;

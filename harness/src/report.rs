@@ -93,7 +93,8 @@ impl CellReport {
         if !self.verdict.reason().is_empty() {
             let _ = write!(s, ": {}", self.verdict.reason());
         }
-        for c in self.checks.iter().filter(|c| c.verdict != Verdict::Pass) {
+        // The check that stopped the cell is the verdict already.
+        for c in self.checks.iter().filter(|c| c.verdict != Verdict::Pass && c.verdict != self.verdict) {
             let _ = write!(s, "\n  check {}: {} {}", c.name, c.verdict.label(), c.verdict.reason());
         }
         let _ = write!(s, "\n  logs: {}", self.dir.display());
@@ -146,7 +147,10 @@ mod tests {
             verdict,
             failed_phase: Some("load".into()),
             phases: vec![Phase { name: "build".into(), seconds: 100.0 }, Phase { name: "load".into(), seconds: 2.5 }],
-            checks: vec![Check { name: "module loads".into(), verdict: Verdict::Fail("no Hello, world".into()) }],
+            checks: vec![
+                Check { name: "module loads".into(), verdict: Verdict::Fail("no Hello, world".into()) },
+                Check { name: "module unloads".into(), verdict: Verdict::Fail("module did not load".into()) },
+            ],
             dir: "/out/x86_64-y-o".into(),
             reproducer: "khtest run x86_64-y-o".into(),
         }
@@ -170,6 +174,7 @@ mod tests {
         assert!(t.contains("x86_64-y-o  FAIL") && t.contains("100.0s") && t.contains("2.5s") && t.contains("102.5s"), "{t}");
         let e = r.explain();
         assert!(e.contains("(in phase load)") && e.contains("rerun: khtest run x86_64-y-o") && e.contains("check module loads: FAIL"), "{e}");
+        assert!(!e.contains("check module unloads"), "the verdict's own check is repeated: {e}");
         assert!(!report(Verdict::Pass).explain().contains("rerun"));
     }
 }
