@@ -168,7 +168,8 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     run.phase("extract", |run| {
         let x = checks::extract(&pulled, &headers)?;
         tracing::info!("{}: {} files, {} bytes unpacked", cell.name, x.files, x.bytes);
-        run.check("archive contents", checks::contents(&headers, cell.modbuild))
+        run.check("archive contents", checks::contents(&headers, cell.modbuild))?;
+        run.check("SPDX lines kept", checks::spdx_kept(&headers, &[&build.obj, &tree.path]))
     })?;
     if !cell.modbuild {
         run.checks.push(Check { name: "module build".into(), verdict: Verdict::Skip("the archive has headers only".into()) });

@@ -81,6 +81,43 @@ fn tail_lines(path: &Path, n: usize) -> Vec<String> {
     v[v.len().saturating_sub(n)..].to_vec()
 }
 
+/// Comments are stripped from archived headers, but SPDX lines must stay:
+/// every archived `.h` whose source (in `trees`, first match wins) has an
+/// `SPDX-License-Identifier` line must have the same line. Vacuous (no
+/// header with an SPDX line found) is a FAIL too: the check must see work.
+pub fn spdx_kept(root: &Path, trees: &[&Path]) -> Verdict {
+    let mut checked = 0usize;
+    let mut lost = Vec::new();
+    let files = walkdir::WalkDir::new(root).into_iter().flatten().filter(|e| e.file_type().is_file());
+    for e in files {
+        let e = e.into_path();
+        let Ok(rel) = e.strip_prefix(root) else { continue };
+        if rel.extension().is_none_or(|x| x != "h") {
+            continue;
+        }
+        let Some(src) = trees.iter().map(|t| t.join(rel)).find(|p| p.is_file()) else { continue };
+        let Some(want) = spdx_line(&std::fs::read_to_string(&src).unwrap_or_default()) else { continue };
+        checked += 1;
+        let have = std::fs::read_to_string(&e).unwrap_or_default();
+        if spdx_line(&have).as_deref() != Some(want.as_str()) {
+            lost.push(rel.display().to_string());
+        }
+    }
+    match (checked, lost.len()) {
+        (0, _) => Verdict::Fail("no archived header has a source with an SPDX line: nothing to compare".into()),
+        (_, 0) => Verdict::Pass,
+        (n, l) => Verdict::Fail(format!(
+            "{l} of {n} archived headers lost their SPDX line, e.g. {}",
+            lost.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+/// The first line holding an SPDX tag, trimmed.
+fn spdx_line(text: &str) -> Option<String> {
+    text.lines().find(|l| l.contains("SPDX-License-Identifier:")).map(|l| l.trim().to_owned())
+}
+
 /// The test module's messages, as `selftests/kheaders/testmod/test.c` prints them.
 pub const HELLO: &str = "Hello, world";
 pub const GOODBYE: &str = "Goodbye, world";
@@ -104,6 +141,25 @@ mod tests {
         assert_eq!(kernel_log_has("insmod", "[ 1.0] test: loading\n[ 1.1] Hello, world\n", HELLO), Verdict::Pass);
         let v = kernel_log_has("rmmod", "[ 1.1] Hello, world\n", GOODBYE);
         assert!(matches!(&v, Verdict::Fail(r) if r.contains("after rmmod") && r.contains("Hello, world")), "{v:?}");
+    }
+
+    #[test]
+    fn spdx_lines_must_survive() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, arc) = (d.path().join("src"), d.path().join("arc"));
+        for dir in [&src, &arc] {
+            std::fs::create_dir_all(dir.join("include/linux")).unwrap();
+        }
+        let spdx = "/* SPDX-License-Identifier: GPL-2.0 */";
+        std::fs::write(src.join("include/linux/a.h"), format!("{spdx}\n/* comment */\nint a;\n")).unwrap();
+        std::fs::write(src.join("include/linux/b.h"), "int b;\n").unwrap();
+        std::fs::write(arc.join("include/linux/a.h"), format!("{spdx}\n\nint a;\n")).unwrap();
+        std::fs::write(arc.join("include/linux/b.h"), "int b;\n").unwrap();
+        assert_eq!(spdx_kept(&arc, &[&src]), Verdict::Pass);
+        std::fs::write(arc.join("include/linux/a.h"), "\n\nint a;\n").unwrap();
+        assert!(matches!(spdx_kept(&arc, &[&src]), Verdict::Fail(r) if r.contains("1 of 1") && r.contains("include/linux/a.h")));
+        std::fs::remove_file(src.join("include/linux/a.h")).unwrap();
+        assert!(matches!(spdx_kept(&arc, &[&src]), Verdict::Fail(r) if r.contains("nothing to compare")));
     }
 
     #[test]
