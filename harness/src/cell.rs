@@ -11,7 +11,7 @@ use anyhow::Context;
 use crate::cache::{key, Cache};
 use crate::checks;
 use crate::kbuild::{self, Build};
-use crate::matrix::{BuildKind, Cell, Kheaders, Matrix};
+use crate::matrix::{BuildKind, Cell, Matrix};
 use crate::report::{cell_dir, CellReport, Check, Phase, Verdict};
 use crate::tree::{self, Source};
 use crate::vm::{Guest, Spec, Timeouts, VmError};
@@ -138,8 +138,18 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         copy(&a.archive, &run.dir.join("kheaders_data.tar.xz"))?;
         Ok(a)
     })?;
+    run.phase("rebuild", |run| {
+        let before = checks::snapshot(&artifacts.archive).map_err(|e| error(e.into()))?;
+        let log = run.dir.join("rebuild.log");
+        build.rebuild(&log, s.build_limit).map_err(error)?;
+        let after = checks::snapshot(&artifacts.archive).map_err(|e| error(e.into()))?;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        // Mainline 6.12 runs its generator on every build to compare
+        // (`CHK`); the series lets make decide, so not even that may run.
+        run.check("no-op rebuild leaves the archive alone", checks::noop_rebuild(&before, &after, &text, cell.patched))
+    })?;
     let initrd = run.dir.join("initramfs.cpio");
-    run.phase("image", |_| image::make(&project.images_dir(), cell.arch, &initrd).map_err(error))?;
+    run.phase("image", |_| image::make(&project.images_dir(), cell.arch, artifacts.kheaders_ko.as_slice(), &initrd).map_err(error))?;
 
     let spec = Spec {
         arch: cell.arch,
@@ -152,17 +162,30 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     let mut guest = run.phase("boot", |_| Guest::boot(&spec).map_err(vm_stop))?;
     let pulled = run.dir.join("kheaders.tar.xz");
     run.phase("pull", |run| {
-        if cell.kheaders == Kheaders::Module {
-            return Err(Verdict::Error("kheaders=m cells are not supported yet".into()));
+        let paths = archive_paths(cell);
+        let built_size = std::fs::metadata(&artifacts.archive).map(|m| m.len()).map_err(|e| error(e.into()))?;
+        if artifacts.kheaders_ko.is_some() {
+            let before = served(&mut guest, &paths, s.timeouts.command)?;
+            run.check("no archive before kheaders.ko is loaded", checks::served_sizes(&before, &[], 0))?;
+            let insmod = format!("insmod {}/kheaders.ko", image::MODULES_DIR);
+            let out = guest.run("pull", &insmod, s.timeouts.command).map_err(vm_stop)?;
+            if out.status != 0 {
+                return run.check("kheaders.ko loads", Verdict::Fail(format!("insmod kheaders.ko exited {}:\n{}", out.status, out.text)));
+            }
         }
-        let path = if cell.patched { "/proc/kheaders.tar.xz" } else { "/sys/kernel/kheaders.tar.xz" };
-        let probe = guest.run("pull", &format!("test -f {path}"), s.timeouts.command).map_err(vm_stop)?;
-        if probe.status != 0 {
-            let seen = guest.run("pull", "ls -l /proc/kheaders* /sys/kernel/kheaders* 2>&1", s.timeouts.command).map_err(vm_stop)?;
-            return run.check("the guest serves the archive", Verdict::Fail(format!("{path} does not exist in the guest; it has:\n{}", seen.text)));
+        let sizes = served(&mut guest, &paths, s.timeouts.command)?;
+        run.check("archive served with its size", checks::served_sizes(&sizes, &paths, built_size))?;
+        guest.pull("pull", paths.last().expect("one path at least"), &pulled).map_err(vm_stop)?;
+        run.check("pulled archive is the build's archive", checks::same_bytes(&pulled, &artifacts.archive))?;
+        if artifacts.kheaders_ko.is_some() {
+            let out = guest.run("pull", "rmmod kheaders", s.timeouts.command).map_err(vm_stop)?;
+            if out.status != 0 {
+                return run.check("kheaders.ko unloads", Verdict::Fail(format!("rmmod kheaders exited {}:\n{}", out.status, out.text)));
+            }
+            let after = served(&mut guest, &paths, s.timeouts.command)?;
+            run.check("no archive after kheaders.ko is unloaded", checks::served_sizes(&after, &[], 0))?;
         }
-        guest.pull("pull", path, &pulled).map_err(vm_stop)?;
-        run.check("pulled archive is the build's archive", checks::same_bytes(&pulled, &artifacts.archive))
+        Ok(())
     })?;
     let headers = run.dir.join("headers");
     run.phase("extract", |run| {
@@ -170,6 +193,27 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         tracing::info!("{}: {} files, {} bytes unpacked", cell.name, x.files, x.bytes);
         run.check("archive contents", checks::contents(&headers, cell.modbuild))?;
         run.check("SPDX lines kept", checks::spdx_kept(&headers, &[&build.obj, &tree.path]))
+    })?;
+    run.phase("kselftest", |run| {
+        let log = run.dir.join("kselftest.log");
+        let obj = run.dir.join("kselftest");
+        let mut make = std::process::Command::new("make");
+        make.arg("-C")
+            .arg(tree.path.join("tools/testing/selftests"))
+            .arg(format!("O={}", obj.display()))
+            .args(["TARGETS=kheaders", "run_tests"])
+            .env("KHEADERS_ARCHIVE", &pulled);
+        if !cell.arch.is_host() {
+            make.env("ARCH", cell.arch.kernel_arch()).env("CROSS_COMPILE", cell.arch.cross_compile());
+        }
+        crate::process::run_logged(&mut make, &log, s.timeouts.command * 5).map_err(error)?;
+        let text = std::fs::read_to_string(&log).map_err(|e| error(e.into()))?;
+        let v = checks::kselftest_tap(&text, "kheaders: run_kheaders_modbuild.sh");
+        let v = match v {
+            Verdict::Fail(r) => Verdict::Fail(format!("{r} (log: {})", log.display())),
+            v => v,
+        };
+        run.check("kselftest kheaders (make run_tests)", v)
     })?;
     if !cell.modbuild {
         run.checks.push(Check { name: "module build".into(), verdict: Verdict::Skip("the archive has headers only".into()) });
@@ -194,6 +238,21 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     })?;
     guest.shutdown();
     Ok(())
+}
+
+/// Where the guest serves the archive: sysfs always, procfs with the series.
+fn archive_paths(cell: &Cell) -> Vec<&'static str> {
+    let mut v = vec!["/sys/kernel/kheaders.tar.xz"];
+    if cell.patched {
+        v.push("/proc/kheaders.tar.xz");
+    }
+    v
+}
+
+/// The sizes the guest's `stat` reports for those of `paths` that exist.
+fn served(guest: &mut Guest, paths: &[&str], limit: Duration) -> Result<Vec<(String, u64)>, Stop> {
+    let out = guest.run("pull", &format!("stat -c 'KHTEST-STAT %s %n' {} 2>/dev/null; true", paths.join(" ")), limit);
+    Ok(checks::parse_stat(&out.map_err(vm_stop)?.text))
 }
 
 fn copy(from: &Path, to: &Path) -> Result<(), Stop> {

@@ -24,6 +24,68 @@ pub fn same_bytes(pulled: &Path, built: &Path) -> Verdict {
     }
 }
 
+/// `KHTEST-STAT <size> <path>` lines (from `stat -c`) as (path, size).
+pub fn parse_stat(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.strip_prefix("KHTEST-STAT ")?.splitn(2, ' ');
+            let size = w.next()?.parse().ok()?;
+            Some((w.next()?.trim().to_owned(), size))
+        })
+        .collect()
+}
+
+/// Exactly the files `want` are served, each `size` bytes long (the size a
+/// reader sees before reading: procfs must set it).
+pub fn served_sizes(got: &[(String, u64)], want: &[&str], size: u64) -> Verdict {
+    let mut problems = Vec::new();
+    for w in want {
+        match got.iter().find(|(p, _)| p == w) {
+            None => problems.push(format!("{w} is missing")),
+            Some((_, n)) if *n != size => problems.push(format!("{w} is {n} bytes, the archive {size}")),
+            Some(_) => {}
+        }
+    }
+    for (p, _) in got.iter().filter(|(p, _)| !want.contains(&p.as_str())) {
+        problems.push(format!("{p} exists and should not"));
+    }
+    if problems.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(problems.join("; "))
+    }
+}
+
+/// A file's bytes and modification time, to tell whether it was rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub bytes: Vec<u8>,
+    pub mtime: std::time::SystemTime,
+}
+
+pub fn snapshot(path: &Path) -> std::io::Result<Snapshot> {
+    Ok(Snapshot { bytes: std::fs::read(path)?, mtime: std::fs::metadata(path)?.modified()? })
+}
+
+/// A no-op rebuild must leave the archive alone: same bytes, same mtime,
+/// and (when `quiet_generator`) no kbuild line about the archive at all,
+/// i.e. the generator did not even run to compare.
+pub fn noop_rebuild(before: &Snapshot, after: &Snapshot, rebuild_log: &str, quiet_generator: bool) -> Verdict {
+    if before.bytes != after.bytes {
+        return Verdict::Fail("a no-op rebuild changed the archive's bytes".into());
+    }
+    if before.mtime != after.mtime {
+        return Verdict::Fail("a no-op rebuild rewrote the archive (its mtime changed)".into());
+    }
+    if quiet_generator {
+        let lines: Vec<&str> = rebuild_log.lines().filter(|l| l.contains("kheaders_data") || l.contains("gen_kheaders")).collect();
+        if !lines.is_empty() {
+            return Verdict::Fail(format!("a no-op rebuild ran the archive generator: {}", lines.join(" | ")));
+        }
+    }
+    Verdict::Pass
+}
+
 /// Unpack `archive` into `dest` (replacing what was there).
 pub fn extract(archive_path: &Path, dest: &Path) -> Result<archive::Extracted, Verdict> {
     if dest.exists() {
@@ -118,6 +180,28 @@ fn spdx_line(text: &str) -> Option<String> {
     text.lines().find(|l| l.contains("SPDX-License-Identifier:")).map(|l| l.trim().to_owned())
 }
 
+/// The verdict of the kselftest runner's TAP output for `test` (e.g.
+/// `kheaders: run_kheaders_modbuild.sh`). In the harness every prerequisite
+/// is present, so a skip of the whole test is a FAIL too; skips of single
+/// subtests (module load on the host) are the script's business.
+pub fn kselftest_tap(text: &str, test: &str) -> Verdict {
+    let name = format!("selftests: {test}");
+    let Some(line) = text.lines().map(str::trim).find(|l| {
+        let rest = l.strip_prefix("not ").unwrap_or(l);
+        rest.starts_with("ok ") && rest.contains(&name)
+    }) else {
+        return Verdict::Fail(format!("the kselftest output has no result line for {name}"));
+    };
+    let subtests_failed: Vec<&str> = text.lines().filter(|l| l.trim_start_matches("# ").starts_with("not ok ")).collect();
+    if line.starts_with("not ok") {
+        return Verdict::Fail(format!("{line}; failed: {}", subtests_failed.join(" | ")));
+    }
+    if let Some((_, why)) = line.split_once("# SKIP") {
+        return Verdict::Fail(format!("the kselftest skipped itself:{why}"));
+    }
+    Verdict::Pass
+}
+
 /// The test module's messages, as `selftests/kheaders/testmod/test.c` prints them.
 pub const HELLO: &str = "Hello, world";
 pub const GOODBYE: &str = "Goodbye, world";
@@ -160,6 +244,47 @@ mod tests {
         assert!(matches!(spdx_kept(&arc, &[&src]), Verdict::Fail(r) if r.contains("1 of 1") && r.contains("include/linux/a.h")));
         std::fs::remove_file(src.join("include/linux/a.h")).unwrap();
         assert!(matches!(spdx_kept(&arc, &[&src]), Verdict::Fail(r) if r.contains("nothing to compare")));
+    }
+
+    #[test]
+    fn served_files_and_sizes() {
+        let got = parse_stat("noise\nKHTEST-STAT 5118080 /sys/kernel/kheaders.tar.xz\nKHTEST-STAT 0 /proc/kheaders.tar.xz\n");
+        assert_eq!(got.len(), 2);
+        let both = ["/sys/kernel/kheaders.tar.xz", "/proc/kheaders.tar.xz"];
+        let v = served_sizes(&got, &both, 5118080);
+        assert!(matches!(&v, Verdict::Fail(r) if r == "/proc/kheaders.tar.xz is 0 bytes, the archive 5118080"), "{v:?}");
+        assert!(matches!(served_sizes(&got[..1], &both, 5118080), Verdict::Fail(r) if r.contains("/proc/kheaders.tar.xz is missing")));
+        assert_eq!(served_sizes(&got[..1], &both[..1], 5118080), Verdict::Pass);
+        assert!(matches!(served_sizes(&got, &[], 0), Verdict::Fail(r) if r.contains("exists and should not")));
+        assert_eq!(served_sizes(&[], &[], 0), Verdict::Pass);
+    }
+
+    #[test]
+    fn kselftest_results() {
+        let t = "kheaders: run_kheaders_modbuild.sh";
+        let pass = "TAP version 13\n1..1\n# selftests: kheaders: run_kheaders_modbuild.sh\n# ok 1 archive extracts\n\
+                    # ok 4 module loads # SKIP not running\nok 1 selftests: kheaders: run_kheaders_modbuild.sh\n";
+        assert_eq!(kselftest_tap(pass, t), Verdict::Pass);
+        let fail = "# ok 1 archive extracts\n# not ok 3 module builds against the archive\n\
+                    not ok 1 selftests: kheaders: run_kheaders_modbuild.sh # exit=1\n";
+        assert!(matches!(kselftest_tap(fail, t), Verdict::Fail(r) if r.contains("not ok 3 module builds")));
+        let skip = "# 1..0 # SKIP no archive\nok 1 selftests: kheaders: run_kheaders_modbuild.sh # SKIP\n";
+        assert!(matches!(kselftest_tap(skip, t), Verdict::Fail(r) if r.contains("skipped")));
+        assert!(matches!(kselftest_tap("make: *** No rule\n", t), Verdict::Fail(r) if r.contains("no result line")));
+    }
+
+    #[test]
+    fn noop_rebuild_leaves_the_archive_alone() {
+        let t0 = std::time::SystemTime::UNIX_EPOCH;
+        let a = Snapshot { bytes: b"xz".to_vec(), mtime: t0 };
+        let touched = Snapshot { bytes: b"xz".to_vec(), mtime: t0 + std::time::Duration::from_secs(1) };
+        let changed = Snapshot { bytes: b"xy".to_vec(), mtime: t0 };
+        assert_eq!(noop_rebuild(&a, &a, "  CALL scripts/checksyscalls.sh\n", true), Verdict::Pass);
+        assert!(matches!(noop_rebuild(&a, &touched, "", true), Verdict::Fail(r) if r.contains("mtime")));
+        assert!(matches!(noop_rebuild(&a, &changed, "", true), Verdict::Fail(r) if r.contains("bytes")));
+        let chk = "  CHK     kernel/kheaders_data.tar.xz\n";
+        assert!(matches!(noop_rebuild(&a, &a, chk, true), Verdict::Fail(r) if r.contains("ran the archive generator")));
+        assert_eq!(noop_rebuild(&a, &a, chk, false), Verdict::Pass);
     }
 
     #[test]
