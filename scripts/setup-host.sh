@@ -11,13 +11,17 @@ packages="
 	gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-system-arm
 "
 
+# The arm64 guest's busybox: Debian's busybox-static for arm64, unpacked
+# here (installing it would replace the host's /bin/busybox).
+arm64_busybox=/usr/local/lib/khtest/arm64/busybox
+
 missing=""
 for p in $packages; do
 	if ! dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed; then
 		missing="$missing $p"
 	fi
 done
-[ -z "$missing" ] && exit 0
+[ -z "$missing" ] && [ -x "$arm64_busybox" ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
 	sudo=sudo
@@ -28,10 +32,32 @@ if [ "$(id -u)" -ne 0 ]; then
 else
 	sudo=
 fi
-echo "setup-host: installing:$missing" >&2
 export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-# --no-install-recommends: qemu's recommends pull in packages that conflict
-# with backported qemu-utils on some Debian 12 hosts.
-# shellcheck disable=SC2086 # word splitting of the package list is wanted
-$sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
+update=${missing:+yes}
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+	echo "setup-host: adding the arm64 package architecture (for the arm64 guest's busybox)" >&2
+	$sudo dpkg --add-architecture arm64
+	update=yes
+fi
+if [ -n "$update" ]; then
+	$sudo apt-get update -qq
+fi
+if [ -n "$missing" ]; then
+	echo "setup-host: installing:$missing" >&2
+	# --no-install-recommends: qemu's recommends pull in packages that
+	# conflict with backported qemu-utils on some Debian 12 hosts.
+	# shellcheck disable=SC2086 # word splitting of the package list is wanted
+	$sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+if [ ! -x "$arm64_busybox" ]; then
+	echo "setup-host: unpacking busybox-static:arm64 into ${arm64_busybox%/*}" >&2
+	work=$(mktemp -d)
+	trap 'rm -rf "$work"' EXIT
+	(cd "$work" && apt-get download -qq busybox-static:arm64 2>/dev/null) || {
+		echo "setup-host: cannot download busybox-static:arm64 (run apt-get update?)" >&2
+		exit 1
+	}
+	dpkg-deb -x "$work"/busybox-static_*_arm64.deb "$work/root"
+	$sudo mkdir -p "${arm64_busybox%/*}"
+	$sudo install -m 0755 "$work/root/bin/busybox" "$arm64_busybox"
+fi

@@ -117,13 +117,31 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     let tree = run.phase("tree", |_| tree::prepare(&cache, &s.source, project, cell.patched).map_err(error))?;
 
     let want = kbuild::requested(cell, &matrix.fragment_paths(cell)).map_err(error)?;
-    if cell.build == BuildKind::InTree {
-        return Err(Verdict::Error("in-tree builds are not supported yet".into()));
-    }
-    let build_key = key(&[tree.key.as_bytes(), cell.arch.kernel_arch().as_bytes(), kbuild::merge("", &want).as_bytes()]);
+    let build_key = key(&[
+        tree.key.as_bytes(),
+        cell.arch.kernel_arch().as_bytes(),
+        format!("{:?}", cell.build).as_bytes(),
+        kbuild::merge("", &want).as_bytes(),
+    ]);
     let _build_lock = cache.lock(&format!("build-{build_key}")).map_err(error)?;
-    let build = Build { arch: cell.arch, src: tree.path.clone(), obj: cache.root().join("builds").join(&build_key), kind: cell.build };
     let build_log = run.dir.join("build.log");
+    let build = match cell.build {
+        BuildKind::OutOfTree => Build { arch: cell.arch, src: tree.path.clone(), obj: cache.root().join("builds").join(&build_key), kind: cell.build },
+        // The cell's own copy of the tree, `make mrproper`ed: the first
+        // build of every new tree, series or config starts pristine, which
+        // is when the 2019 circular dependency would show.
+        BuildKind::InTree => {
+            let dir = run.phase("pristine", |_| {
+                cache
+                    .get_or_make("intree", &build_key, |dir| {
+                        tree::copy_tree(&tree.path, dir)?;
+                        Build { arch: cell.arch, src: dir.to_owned(), obj: dir.to_owned(), kind: cell.build }.mrproper(&build_log)
+                    })
+                    .map_err(error)
+            })?;
+            Build { arch: cell.arch, src: dir.clone(), obj: dir, kind: cell.build }
+        }
+    };
 
     let config = run.phase("configure", |run| {
         let got = build.configure(&want, &build_log).map_err(|e| match e.downcast_ref::<kbuild::NotStuck>() {

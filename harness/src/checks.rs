@@ -124,6 +124,12 @@ pub fn build_testmod(headers: &Path, testmod: &Path, arch: Arch, work: &Path, lo
     let b = modbuild::build_module(headers, testmod, work, &vars, log)
         .map_err(|e| Verdict::Error(format!("cannot run the module build: {e:#}")))?;
     match (b.ok, b.ko) {
+        // Without Module.symvers modpost must warn: silence would mean the
+        // archive carries a Module.symvers the contents check missed, or
+        // modpost no longer says what it cannot check.
+        (true, Some(_)) if b.errors.is_empty() && !b.warnings.iter().any(|w| w.contains("Module.symvers")) => Err(Verdict::Fail(
+            format!("the module built, but modpost did not warn that Module.symvers is missing (log: {})", log.display()),
+        )),
         (true, Some(ko)) if b.errors.is_empty() => Ok(ko),
         _ => {
             let mut why = format!("`{}` failed (log: {})", b.command, log.display());

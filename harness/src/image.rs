@@ -11,12 +11,14 @@ use anyhow::{Context, Result};
 
 use crate::matrix::Arch;
 
-/// Where a static busybox for `arch` is on this host.
-pub fn busybox_for(arch: Arch) -> Result<PathBuf> {
-    if arch.is_host() {
-        Ok(PathBuf::from("/bin/busybox"))
-    } else {
-        anyhow::bail!("no static busybox for {} on this host yet", arch.kernel_arch())
+/// Where `scripts/setup-host.sh` unpacks Debian's arm64 busybox-static.
+pub const ARM64_BUSYBOX: &str = "/usr/local/lib/khtest/arm64/busybox";
+
+/// Where a static busybox for `arch` is on this (x86_64) host.
+pub fn busybox_for(arch: Arch) -> PathBuf {
+    match arch {
+        Arch::X86_64 => PathBuf::from("/bin/busybox"),
+        Arch::Arm64 => PathBuf::from(ARM64_BUSYBOX),
     }
 }
 
@@ -93,9 +95,9 @@ pub fn initramfs(init: &[u8], busybox: &[u8], modules: &[(String, Vec<u8>)]) -> 
 pub fn make(images_dir: &Path, arch: Arch, modules: &[PathBuf], dest: &Path) -> Result<()> {
     let init_path = images_dir.join("init");
     let init = std::fs::read(&init_path).with_context(|| format!("cannot read {}", init_path.display()))?;
-    let bb_path = busybox_for(arch)?;
+    let bb_path = busybox_for(arch);
     let busybox = std::fs::read(&bb_path)
-        .with_context(|| format!("cannot read {} (Debian package busybox-static)", bb_path.display()))?;
+        .with_context(|| format!("cannot read {} (run scripts/setup-host.sh)", bb_path.display()))?;
     let mut mods = Vec::new();
     for m in modules {
         let name = m.file_name().context("a module path without a file name")?.to_string_lossy().into_owned();

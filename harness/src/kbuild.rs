@@ -202,6 +202,11 @@ impl Build {
         Ok(a)
     }
 
+    /// `make mrproper`: remove every generated file and the config.
+    pub fn mrproper(&self, log: &Path) -> Result<()> {
+        self.make_target(&["mrproper"], log, Duration::from_secs(600))
+    }
+
     /// Build again with nothing changed; `log` gets the output.
     pub fn rebuild(&self, log: &Path, limit: Duration) -> Result<()> {
         self.make_target(&[&format!("-j{}", jobs())], log, limit)

@@ -44,8 +44,10 @@ pub fn required(cell: &Cell) -> Vec<Tool> {
         Arch::X86_64 => t.push(tool("qemu-system-x86_64", "qemu-system-x86")),
         Arch::Arm64 => t.push(tool("qemu-system-aarch64", "qemu-system-arm")),
     }
-    if cell.arch == Arch::X86_64 {
-        t.push(tool("/bin/busybox", "busybox-static"));
+    let busybox = crate::image::busybox_for(cell.arch).to_string_lossy().into_owned();
+    match cell.arch {
+        Arch::X86_64 => t.push(tool(busybox, "busybox-static")),
+        Arch::Arm64 => t.push(tool(busybox, "busybox-static:arm64, unpacked by scripts/setup-host.sh")),
     }
     t
 }

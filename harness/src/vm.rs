@@ -80,14 +80,22 @@ impl Spec {
 
     /// The QEMU command line.
     pub fn command(&self) -> Result<Command, VmError> {
-        let (qemu, console, xfer, extra): (&str, &str, &str, &[&str]) = match self.arch {
-            Arch::X86_64 => ("qemu-system-x86_64", "ttyS0", "/dev/ttyS1", &[]),
-            Arch::Arm64 => return Err(VmError::Other("booting arm64 guests is not supported yet".into())),
+        // The transfer port: a second 8250 on x86_64; the arm64 virt board
+        // has one PL011 only, so a virtio console (hvc0) there.
+        let (qemu, console, xfer, board, xfer_dev): (&str, &str, &str, &[&str], &[&str]) = match self.arch {
+            Arch::X86_64 => ("qemu-system-x86_64", "ttyS0", "/dev/ttyS1", &[], &["-serial", "chardev:xfer"]),
+            Arch::Arm64 => (
+                "qemu-system-aarch64",
+                "ttyAMA0",
+                "/dev/hvc0",
+                &["-M", "virt", "-cpu", "cortex-a57"],
+                &["-device", "virtio-serial-device", "-device", "virtconsole,chardev=xfer"],
+            ),
         };
         let sock = self.dir.join("xfer.sock");
         let mut cmd = Command::new(qemu);
         cmd.args(["-nodefaults", "-no-user-config", "-no-reboot", "-display", "none", "-accel", "tcg"])
-            .args(extra)
+            .args(board)
             .args(["-m", &self.memory_mib.to_string()])
             .arg("-kernel")
             .arg(&self.kernel)
@@ -96,7 +104,7 @@ impl Spec {
             .args(["-append", &format!("console={console} loglevel=4 panic=-1 oops=panic khtest.xfer={xfer}")])
             .args(["-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con"])
             .args(["-chardev", &format!("socket,id=xfer,path={},server=on,wait=off", sock.display())])
-            .args(["-serial", "chardev:xfer"]);
+            .args(xfer_dev);
         Ok(cmd)
     }
 }
@@ -144,7 +152,7 @@ impl Guest {
         let mut cmd = spec.command()?;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(stderr);
         let mut child = crate::process::spawn_group(&mut cmd)
-            .map_err(|e| VmError::other("cannot start QEMU (Debian package qemu-system-x86)", e))?;
+            .map_err(|e| VmError::other("cannot start QEMU (Debian packages qemu-system-x86, qemu-system-arm)", e))?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
         let console = Arc::new(Console { state: Mutex::new(ConsoleText::default()), more: Condvar::new() });
