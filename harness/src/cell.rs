@@ -11,11 +11,11 @@ use anyhow::Context;
 use crate::cache::{key, Cache};
 use crate::checks;
 use crate::kbuild::{self, Build};
-use crate::matrix::{BuildKind, Cell, Matrix};
+use crate::matrix::{BuildKind, Cell, Matrix, ModuleLoad};
 use crate::report::{cell_dir, CellReport, Check, Phase, Verdict};
 use crate::tree::{self, Source};
 use crate::vm::{Guest, Spec, Timeouts, VmError};
-use crate::{image, tools, Project};
+use crate::{image, regen, tools, Project};
 
 /// What every cell of a run shares.
 #[derive(Debug, Clone)]
@@ -166,6 +166,16 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         // (`CHK`); the series lets make decide, so not even that may run.
         run.check("no-op rebuild leaves the archive alone", checks::noop_rebuild(&before, &after, &text, cell.patched))
     })?;
+    if cell.regen {
+        run.phase("regen", |run| {
+            let scratch = cache.root().join("builds").join(format!("{build_key}-regen"));
+            let steps = regen::run(&build, &artifacts.archive, &scratch, &run.dir, s.build_limit).map_err(error)?;
+            for (name, v) in steps {
+                run.check(name, v)?;
+            }
+            Ok(())
+        })?;
+    }
     let initrd = run.dir.join("initramfs.cpio");
     run.phase("image", |_| image::make(&project.images_dir(), cell.arch, artifacts.kheaders_ko.as_slice(), &initrd).map_err(error))?;
 
@@ -243,6 +253,12 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     })?;
     run.phase("load", |run| {
         guest.push("load", &ko, "/tmp/test.ko").map_err(vm_stop)?;
+        if cell.module_load == ModuleLoad::RefusedNoVersions {
+            let out = guest
+                .run("load", "dmesg -c >/dev/null; insmod /tmp/test.ko 2>&1; st=$?; dmesg; exit $st", s.timeouts.command)
+                .map_err(vm_stop)?;
+            return run.check("test.ko refused: it has no symbol versions", checks::refused_without_versions(out.status, &out.text));
+        }
         let out = guest.run("load", "dmesg -c >/dev/null; insmod /tmp/test.ko && dmesg", s.timeouts.command).map_err(vm_stop)?;
         if out.status != 0 {
             return run.check("test.ko loads", Verdict::Fail(format!("insmod test.ko exited {}:\n{}", out.status, out.text)));

@@ -222,9 +222,39 @@ pub fn kernel_log_has(step: &str, dmesg: &str, line: &str) -> Verdict {
     }
 }
 
+/// In a `CONFIG_MODVERSIONS` kernel, a module built from the archive (no
+/// `Module.symvers`, so no symbol versions) must be refused, for exactly
+/// that reason: `insmod` fails with ENOEXEC and the kernel says which
+/// version is missing. `output` is insmod's output then `dmesg`.
+pub fn refused_without_versions(insmod_status: i32, output: &str) -> Verdict {
+    let problems: Vec<&str> = [
+        (insmod_status == 0, "insmod succeeded"),
+        (!output.contains("invalid module format"), "insmod did not fail with ENOEXEC (invalid module format)"),
+        (!output.lines().any(|l| l.contains("test: no symbol version for")), "the kernel log does not say which symbol version is missing"),
+        (output.contains(HELLO), "the module's init ran"),
+    ]
+    .into_iter()
+    .filter_map(|(bad, why)| bad.then_some(why))
+    .collect();
+    if problems.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!("expected a refusal for missing symbol versions: {}; insmod and dmesg said:\n    {}", problems.join("; "), output.trim().replace('\n', "\n    ")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modversions_refusal_must_be_the_documented_one() {
+        let refused = "insmod: can't insert '/tmp/test.ko': invalid module format\n[ 2.1] test: no symbol version for module_layout\n";
+        assert_eq!(refused_without_versions(1, refused), Verdict::Pass);
+        assert!(matches!(refused_without_versions(0, "[ 2.1] Hello, world\n"), Verdict::Fail(m) if m.contains("insmod succeeded") && m.contains("init ran")));
+        let other = "insmod: can't insert '/tmp/test.ko': invalid module format\n[ 2.1] test: version magic '6.12' should be '6.13'\n";
+        assert!(matches!(refused_without_versions(1, other), Verdict::Fail(m) if m.contains("which symbol version")));
+    }
 
     #[test]
     fn kernel_log_check() {

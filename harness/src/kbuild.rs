@@ -128,6 +128,10 @@ pub fn merge(base: &str, want: &Config) -> String {
     out
 }
 
+/// The `KBUILD_BUILD_TIMESTAMP` of every build, and its Unix time: archive
+/// entries carry it.
+pub const BUILD_TIMESTAMP: (&str, u64) = ("Sun Nov 17 00:00:00 UTC 2024", 1_731_801_600);
+
 /// Make jobs: one more than the cores, as kbuild users usually do.
 pub fn jobs() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) + 1
@@ -149,7 +153,7 @@ impl Build {
         }
         cmd.env("KBUILD_BUILD_USER", "khtest")
             .env("KBUILD_BUILD_HOST", "khtest")
-            .env("KBUILD_BUILD_TIMESTAMP", "Sun Nov 17 00:00:00 UTC 2024");
+            .env("KBUILD_BUILD_TIMESTAMP", BUILD_TIMESTAMP.0);
         cmd
     }
 
@@ -212,8 +216,20 @@ impl Build {
         self.make_target(&[&format!("-j{}", jobs())], log, limit)
     }
 
-    fn make_target(&self, args: &[&str], log: &Path, limit: Duration) -> Result<()> {
+    /// Build only the archive and the object that embeds it (after kbuild's
+    /// `prepare`), with `timestamp` as `KBUILD_BUILD_TIMESTAMP`.
+    pub fn archive_only(&self, timestamp: &str, log: &Path, limit: Duration) -> Result<PathBuf> {
         let mut cmd = self.make();
+        cmd.env("KBUILD_BUILD_TIMESTAMP", timestamp);
+        self.run_make(cmd, &[&format!("-j{}", jobs()), "kernel/kheaders.o"], log, limit)?;
+        Ok(self.obj.join("kernel/kheaders_data.tar.xz"))
+    }
+
+    fn make_target(&self, args: &[&str], log: &Path, limit: Duration) -> Result<()> {
+        self.run_make(self.make(), args, log, limit)
+    }
+
+    fn run_make(&self, mut cmd: Command, args: &[&str], log: &Path, limit: Duration) -> Result<()> {
         cmd.args(args);
         let st = run_logged(&mut cmd, log, limit)?;
         if !st.success() {

@@ -4,7 +4,8 @@
 //! [`matrix`] reads the cells, [`tree`] prepares the kernel source,
 //! [`kbuild`] configures and builds, [`image`] makes the initramfs, [`vm`]
 //! boots and drives the guest, [`checks`] judges what came out of it, and
-//! [`report`] says what happened. [`cell`] runs one cell through all of them.
+//! [`report`] says what happened. [`regen`] drives the archive's build rules
+//! in a scratch object tree. [`cell`] runs one cell through all of them.
 
 pub mod cache;
 pub mod cell;
@@ -13,6 +14,7 @@ pub mod image;
 pub mod kbuild;
 pub mod matrix;
 pub mod process;
+pub mod regen;
 pub mod report;
 pub mod tools;
 pub mod tree;

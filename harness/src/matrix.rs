@@ -67,6 +67,26 @@ pub struct Cell {
     /// Kconfig fragments merged over `tinyconfig`, in order.
     #[serde(default)]
     pub fragments: Vec<String>,
+    /// Also exercise the archive's build rules in a scratch object tree:
+    /// a second build, added/changed/removed headers, config and timestamp
+    /// changes, generator errors (K6, K7, K9). Out-of-tree, patched cells.
+    #[serde(default)]
+    pub regen: bool,
+    /// What loading the test module must do in this cell's guest.
+    #[serde(default)]
+    pub module_load: ModuleLoad,
+}
+
+/// The expected outcome of `insmod test.ko`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModuleLoad {
+    /// It loads, prints `Hello, world`, and unloads printing `Goodbye, world`.
+    #[default]
+    Loads,
+    /// A `CONFIG_MODVERSIONS` kernel refuses it: the archive has no
+    /// `Module.symvers`, so the module carries no symbol versions.
+    RefusedNoVersions,
 }
 
 fn yes() -> bool {
@@ -143,6 +163,16 @@ impl Matrix {
                      set `modbuild: false` for the headers-only baseline",
                     c.name
                 );
+            }
+            if c.regen && (!c.patched || c.build != BuildKind::OutOfTree) {
+                bail!(
+                    "cell {:?}: `regen: true` needs `patched: true` and `build: out-of-tree` \
+                     (it drives the series' generator in a second object tree)",
+                    c.name
+                );
+            }
+            if c.module_load != ModuleLoad::Loads && !c.modbuild {
+                bail!("cell {:?}: `module_load` needs `modbuild: true` (no module is built otherwise)", c.name);
             }
             for f in &c.fragments {
                 let p = self.fragment_dir.join(f);
@@ -252,6 +282,20 @@ cells:
     fn modbuild_needs_the_series() {
         let e = err("cells:\n  - {name: a, arch: x86_64, kheaders: y, patched: false}\n");
         assert!(e.contains("`modbuild: true` needs `patched: true`"), "{e}");
+    }
+
+    #[test]
+    fn regen_and_module_load_need_what_they_drive() {
+        let e = err("cells:\n  - {name: a, arch: x86_64, kheaders: y, regen: true, build: in-tree}\n");
+        assert!(e.contains("`regen: true` needs"), "{e}");
+        let e = err("cells:\n  - {name: a, arch: x86_64, kheaders: y, patched: false, modbuild: false, module_load: refused-no-versions}\n");
+        assert!(e.contains("`module_load` needs `modbuild: true`"), "{e}");
+        let e = err("cells:\n  - {name: a, arch: x86_64, kheaders: y, module_load: maybe}\n");
+        assert!(e.contains("maybe") && e.contains("refused-no-versions"), "{e}");
+        let d = frag_dir();
+        let m = Matrix::parse("cells:\n  - {name: a, arch: x86_64, kheaders: m, regen: true, module_load: refused-no-versions}\n", d.path()).unwrap();
+        assert!(m.cells[0].regen);
+        assert_eq!(m.cells[0].module_load, ModuleLoad::RefusedNoVersions);
     }
 
     #[test]

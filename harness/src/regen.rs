@@ -1,0 +1,324 @@
+//! The archive's build rules (K6, K7, K9), driven in a scratch object tree
+//! beside the cell's build, so that the cell's own tree stays as built:
+//!
+//! - a second, independent build of the archive gives the same bytes (K9);
+//! - adding a header, changing it again at once, changing
+//!   `KBUILD_BUILD_TIMESTAMP`, changing the configuration and removing the
+//!   header each regenerate the archive, which then shows the change (K6);
+//! - the generator prints nothing of its own when it works, and an error of
+//!   its copy step fails it with a message naming the file (K7).
+//!
+//! Each step's make output is kept as `regen-STEP.log` in the cell directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use kheaders_selftest::archive;
+
+use crate::kbuild::{Build, BUILD_TIMESTAMP};
+use crate::process::run_logged;
+use crate::report::Verdict;
+
+/// A second `KBUILD_BUILD_TIMESTAMP`, one day after the usual one.
+const OTHER_TIMESTAMP: (&str, u64) = ("Mon Nov 18 00:00:00 UTC 2024", 1_731_888_000);
+
+/// An object-tree header that both archive modes list (`include/generated`).
+const PROBE: &str = "include/generated/khtest-probe.h";
+
+/// What the config step sets, and finds again in the archived `autoconf.h`.
+const LOCALVERSION: &str = "-khtest-regen";
+
+/// One step's name and verdict.
+pub type Step = (&'static str, Verdict);
+
+struct Scratch<'a> {
+    build: Build,
+    /// The cell directory: step logs go there.
+    dir: &'a Path,
+    limit: Duration,
+}
+
+/// Run every step against `scratch` (an object tree of `cell`'s source,
+/// made if missing) until one does not pass. `cell_archive` is the archive
+/// that `cell` built.
+pub fn run(cell: &Build, cell_archive: &Path, scratch: &Path, dir: &Path, limit: Duration) -> Result<Vec<Step>> {
+    let s = Scratch { build: Build { obj: scratch.to_owned(), ..cell.clone() }, dir, limit };
+    s.reset(&cell.obj.join(".config"))?;
+    let mut steps = Vec::new();
+    let mut record = |name: &'static str, v: Verdict| {
+        let ok = v == Verdict::Pass;
+        steps.push((name, v));
+        ok
+    };
+
+    let (log, archive) = s.generate("reproducible", BUILD_TIMESTAMP.0)?;
+    if !record("a second build of the archive gives the same bytes (K9)", same_archive(&archive, cell_archive)?)
+        || !record("the generator prints nothing of its own (K7)", quiet_generator(&log))
+    {
+        return Ok(steps);
+    }
+
+    write(&scratch.join(PROBE), "/* a khtest probe */\n#define KHTEST_PROBE 1\n")?;
+    let (log, archive) = s.generate("new-header", BUILD_TIMESTAMP.0)?;
+    if !record("a new header regenerates the archive (K6)", regenerated(&log, &archive, |a| probe_is(a, Some("1")))?) {
+        return Ok(steps);
+    }
+
+    // At once: a comparison of minute-resolution `ls -l` output would miss it.
+    write(&scratch.join(PROBE), "/* a khtest probe */\n#define KHTEST_PROBE 2\n")?;
+    let (log, archive) = s.generate("changed-header", BUILD_TIMESTAMP.0)?;
+    if !record("a header changed again at once regenerates it (K6)", regenerated(&log, &archive, |a| probe_is(a, Some("2")))?) {
+        return Ok(steps);
+    }
+
+    let (log, archive) = s.generate("timestamp", OTHER_TIMESTAMP.0)?;
+    if !record("a new KBUILD_BUILD_TIMESTAMP regenerates it (K6)", regenerated(&log, &archive, |a| mtime_is(a, OTHER_TIMESTAMP.1))?) {
+        return Ok(steps);
+    }
+
+    s.set_localversion(LOCALVERSION)?;
+    let (log, archive) = s.generate("config", OTHER_TIMESTAMP.0)?;
+    if !record("a config change regenerates it (K6)", regenerated(&log, &archive, autoconf_has_localversion)?) {
+        return Ok(steps);
+    }
+
+    std::fs::remove_file(scratch.join(PROBE)).with_context(|| format!("cannot remove {PROBE}"))?;
+    let (log, archive) = s.generate("removed-header", OTHER_TIMESTAMP.0)?;
+    if !record("a removed header leaves the archive (K6)", regenerated(&log, &archive, |a| probe_is(a, None))?) {
+        return Ok(steps);
+    }
+
+    record("a copy error fails the generator, naming the file (K7)", s.generator_error()?);
+    Ok(steps)
+}
+
+impl Scratch<'_> {
+    /// Back to the cell's state: its `.config`, no probe header.
+    fn reset(&self, config: &Path) -> Result<()> {
+        let obj = &self.build.obj;
+        std::fs::create_dir_all(obj).with_context(|| format!("cannot create {}", obj.display()))?;
+        let _ = std::fs::remove_file(obj.join(PROBE));
+        let want = std::fs::read(config).with_context(|| format!("cannot read {}", config.display()))?;
+        // Only when it differs: a rewritten .config makes kbuild run
+        // syncconfig again.
+        if std::fs::read(obj.join(".config")).ok().as_deref() != Some(&want[..]) {
+            std::fs::write(obj.join(".config"), want).with_context(|| format!("cannot write {}/.config", obj.display()))?;
+        }
+        Ok(())
+    }
+
+    /// `make kernel/kheaders.o`; the step's log text and the archive.
+    fn generate(&self, step: &str, timestamp: &str) -> Result<(String, PathBuf)> {
+        let log = self.dir.join(format!("regen-{step}.log"));
+        let archive = self.build.archive_only(timestamp, &log, self.limit)?;
+        let text = std::fs::read_to_string(&log).with_context(|| format!("cannot read {}", log.display()))?;
+        Ok((text, archive))
+    }
+
+    fn set_localversion(&self, v: &str) -> Result<()> {
+        let path = self.build.obj.join(".config");
+        let text = std::fs::read_to_string(&path)?;
+        let mut out: String = text.lines().filter(|l| !l.starts_with("CONFIG_LOCALVERSION=")).map(|l| format!("{l}\n")).collect();
+        out.push_str(&format!("CONFIG_LOCALVERSION=\"{v}\"\n"));
+        write(&path, &out)
+    }
+
+    /// Run the generator by hand on a list naming a file that does not
+    /// exist: it must fail, say which file, and leave no archive.
+    fn generator_error(&self) -> Result<Verdict> {
+        let obj = &self.build.obj;
+        let work = tempfile::tempdir_in(obj).context("cannot make a temporary directory in the scratch tree")?;
+        let list = work.path().join("list");
+        write(&list, "s include/linux/kernel.h\no include/generated/khtest-missing.h\n")?;
+        let out = work.path().join("out.tar.xz");
+        let log = self.dir.join("regen-generator-error.log");
+        let mut cmd = Command::new("sh");
+        cmd.arg(self.build.src.join("kernel/gen_kheaders.sh"))
+            .arg("archive")
+            .args([&list, &out, &work.path().join("out.d")])
+            .current_dir(obj)
+            .env("srctree", &self.build.src)
+            .env("building_out_of_srctree", "1")
+            .env("SRCARCH", self.build.arch.srcarch())
+            .env("XZ", "xz");
+        let status = run_logged(&mut cmd, &log, self.limit)?;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        Ok(generator_failed(status.success(), &text, out.exists(), "khtest-missing.h"))
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Did this make output include the generator's kbuild line?
+pub fn generated(log: &str) -> bool {
+    log.lines().any(|l| l.trim_start().starts_with("GEN") && l.contains("kheaders_data.tar.xz"))
+}
+
+/// Lines that the generator's tools print (rather than kbuild): a working
+/// generator must print none.
+pub fn generator_noise(log: &str) -> Vec<&str> {
+    const TOOLS: &[&str] = &["cpio:", "tar:", "xz:", "strip:", "perl:", "find:", "sed:", "xargs:", "gen_kheaders.sh:"];
+    log.lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            TOOLS.iter().any(|p| t.starts_with(p)) || t.contains("/gen_kheaders.sh:")
+        })
+        .collect()
+}
+
+fn quiet_generator(log: &str) -> Verdict {
+    let noise = generator_noise(log);
+    if noise.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!("the generator printed {} line(s) of its own: {}", noise.len(), noise.join(" | ")))
+    }
+}
+
+/// The generator must have run (kbuild's `GEN` line) and `shows` must hold
+/// for the new archive.
+fn regenerated(log: &str, archive: &Path, shows: impl FnOnce(&Path) -> Result<Verdict>) -> Result<Verdict> {
+    if !generated(log) {
+        return Ok(Verdict::Fail("make did not regenerate the archive (no GEN line for kheaders_data.tar.xz)".into()));
+    }
+    let unpacked = tempfile::tempdir().context("cannot make a temporary directory")?;
+    let root = unpacked.path().join("a");
+    archive::extract_file(archive, &root).with_context(|| format!("cannot unpack {}", archive.display()))?;
+    shows(&root)
+}
+
+fn probe_is(root: &Path, value: Option<&str>) -> Result<Verdict> {
+    let text = std::fs::read_to_string(root.join(PROBE)).ok();
+    let got = text.as_deref().and_then(|t| t.lines().find_map(|l| l.strip_prefix("#define KHTEST_PROBE ")));
+    Ok(match (value, got) {
+        (Some(w), Some(g)) if w == g.trim() => Verdict::Pass,
+        (None, None) if text.is_none() => Verdict::Pass,
+        (Some(w), g) => Verdict::Fail(format!("{PROBE} should define KHTEST_PROBE {w}; the archive has {g:?}")),
+        (None, _) => Verdict::Fail(format!("{PROBE} was removed but is still in the archive")),
+    })
+}
+
+fn mtime_is(root: &Path, epoch: u64) -> Result<Verdict> {
+    let m = std::fs::metadata(root.join(PROBE))?.modified()?;
+    let got = m.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    Ok(if got == epoch {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!("archive entries carry mtime {got}, not the new KBUILD_BUILD_TIMESTAMP ({epoch})"))
+    })
+}
+
+fn autoconf_has_localversion(root: &Path) -> Result<Verdict> {
+    let p = root.join("include/generated/autoconf.h");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("the archive has no {}", p.display()))?;
+    Ok(if text.contains(&format!("\"{LOCALVERSION}\"")) {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!("the archived autoconf.h does not have CONFIG_LOCALVERSION \"{LOCALVERSION}\""))
+    })
+}
+
+/// Compare two archives; on a difference, name the entries that differ.
+fn same_archive(a: &Path, b: &Path) -> Result<Verdict> {
+    let (x, y) = (std::fs::read(a)?, std::fs::read(b)?);
+    if x == y {
+        return Ok(Verdict::Pass);
+    }
+    let tmp = tempfile::tempdir()?;
+    let (ra, rb) = (tmp.path().join("a"), tmp.path().join("b"));
+    archive::extract_file(a, &ra)?;
+    archive::extract_file(b, &rb)?;
+    let diffs = tree_differences(&ra, &rb)?;
+    Ok(Verdict::Fail(format!(
+        "two builds with the same KBUILD_BUILD_TIMESTAMP differ ({} vs {} bytes): {}",
+        x.len(),
+        y.len(),
+        if diffs.is_empty() { "same files and contents, so the tar metadata differs".to_owned() } else { diffs.join(", ") }
+    )))
+}
+
+/// Up to ten relative paths whose presence or contents differ.
+fn tree_differences(a: &Path, b: &Path) -> Result<Vec<String>> {
+    let files = |root: &Path| -> std::collections::BTreeSet<PathBuf> {
+        walkdir::WalkDir::new(root)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| !e.file_type().is_dir())
+            .filter_map(|e| e.path().strip_prefix(root).ok().map(Path::to_owned))
+            .collect()
+    };
+    let (fa, fb) = (files(a), files(b));
+    let mut out = Vec::new();
+    for p in fa.union(&fb) {
+        let same = fa.contains(p) && fb.contains(p) && std::fs::read(a.join(p))? == std::fs::read(b.join(p))?;
+        if !same {
+            out.push(p.display().to_string());
+            if out.len() == 10 {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The verdict on a generator run that had to fail on `missing`.
+pub fn generator_failed(succeeded: bool, output: &str, archive_written: bool, missing: &str) -> Verdict {
+    if succeeded {
+        return Verdict::Fail(format!("the generator exited 0 although {missing} does not exist"));
+    }
+    if archive_written {
+        return Verdict::Fail("the generator failed but left an archive behind".into());
+    }
+    if !output.contains(missing) {
+        return Verdict::Fail(format!(
+            "the generator failed without saying why (its error was discarded): no mention of {missing} in {output:?}"
+        ));
+    }
+    Verdict::Pass
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_gen_line_only() {
+        assert!(generated("  SYNC    include/config/auto.conf\n  GEN     kernel/kheaders_data.tar.xz\n  CC [M]  kernel/kheaders.o\n"));
+        assert!(!generated("  CHK     kernel/kheaders_data.tar.xz\n  CC      kernel/kheaders.o\n"));
+        assert!(!generated("  GEN     Makefile\n"));
+    }
+
+    #[test]
+    fn tool_output_is_noise_kbuild_lines_are_not() {
+        let log = "make[1]: Entering directory '/b'\n  GEN     kernel/kheaders_data.tar.xz\n\
+                   cpio: include/x.h: Cannot stat\n/src/kernel/gen_kheaders.sh: 12: oops\ntar: removing leading '/'\n";
+        assert_eq!(generator_noise(log), vec!["cpio: include/x.h: Cannot stat", "/src/kernel/gen_kheaders.sh: 12: oops", "tar: removing leading '/'"]);
+        assert_eq!(quiet_generator("  GEN     kernel/kheaders_data.tar.xz\n"), Verdict::Pass);
+    }
+
+    #[test]
+    fn a_generator_error_must_fail_name_the_file_and_leave_nothing() {
+        let msg = "cpio: include/generated/khtest-missing.h: Cannot stat: No such file or directory\n";
+        assert_eq!(generator_failed(false, msg, false, "khtest-missing.h"), Verdict::Pass);
+        assert!(matches!(generator_failed(true, "", true, "khtest-missing.h"), Verdict::Fail(m) if m.contains("exited 0")));
+        assert!(matches!(generator_failed(false, msg, true, "khtest-missing.h"), Verdict::Fail(m) if m.contains("left an archive")));
+        assert!(matches!(generator_failed(false, "", false, "khtest-missing.h"), Verdict::Fail(m) if m.contains("discarded")));
+    }
+
+    #[test]
+    fn probe_checks_read_the_unpacked_tree() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(probe_is(d.path(), None).unwrap(), Verdict::Pass);
+        write(&d.path().join(PROBE), "#define KHTEST_PROBE 2\n").unwrap();
+        assert_eq!(probe_is(d.path(), Some("2")).unwrap(), Verdict::Pass);
+        assert!(matches!(probe_is(d.path(), Some("1")).unwrap(), Verdict::Fail(_)));
+        assert!(matches!(probe_is(d.path(), None).unwrap(), Verdict::Fail(_)));
+    }
+}
