@@ -9,6 +9,7 @@ packages="
 	libelf-dev libssl-dev
 	qemu-system-x86 busybox-static
 	gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-system-arm
+	clang llvm
 "
 
 # The arm64 guest's busybox: Debian's busybox-static for arm64, unpacked

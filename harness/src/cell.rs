@@ -15,7 +15,7 @@ use crate::matrix::{BuildKind, Cell, Matrix, ModuleLoad};
 use crate::report::{cell_dir, CellReport, Check, Phase, Verdict};
 use crate::tree::{self, Source};
 use crate::vm::{Guest, Spec, Timeouts, VmError};
-use crate::{image, regen, tools, Project};
+use crate::{bpf, extract, image, regen, tools, Project};
 
 /// What every cell of a run shares.
 #[derive(Debug, Clone)]
@@ -26,6 +26,9 @@ pub struct Settings {
     pub timeouts: Timeouts,
     /// The longest a kernel build may take.
     pub build_limit: Duration,
+    /// Keep the bulky artifacts (extracted headers, initramfs) of passing
+    /// cells; failing cells always keep everything.
+    pub keep: bool,
     /// The command that reruns one cell, with `{cell}` for its name.
     pub rerun: String,
 }
@@ -52,6 +55,7 @@ struct Run<'a> {
     current: Option<String>,
     progress: &'a dyn Fn(&str),
     name: String,
+    kernel_built: bool,
 }
 
 impl Run<'_> {
@@ -81,7 +85,7 @@ impl Run<'_> {
 /// Run `cell` and report; never panics on a cell's failure.
 pub fn run(project: &Project, matrix: &Matrix, cell: &Cell, settings: &Settings, progress: &dyn Fn(&str)) -> CellReport {
     let dir = cell_dir(&settings.out_dir, &cell.name);
-    let mut run = Run { dir: dir.clone(), phases: Vec::new(), checks: Vec::new(), current: None, progress, name: cell.name.clone() };
+    let mut run = Run { dir: dir.clone(), phases: Vec::new(), checks: Vec::new(), current: None, progress, name: cell.name.clone(), kernel_built: false };
     let mut verdict = match steps(&mut run, project, matrix, cell, settings) {
         Ok(()) => Verdict::Pass,
         Err(v) => v,
@@ -89,12 +93,17 @@ pub fn run(project: &Project, matrix: &Matrix, cell: &Cell, settings: &Settings,
     if let Some(sig) = crate::process::interrupted() {
         verdict = Verdict::Error(format!("interrupted by signal {sig}; a rerun starts this cell again"));
     }
+    if verdict == Verdict::Pass && !settings.keep {
+        let _ = std::fs::remove_dir_all(dir.join("headers"));
+        let _ = std::fs::remove_file(dir.join("initramfs.cpio"));
+    }
     let report = CellReport {
         cell: cell.name.clone(),
         failed_phase: if verdict == Verdict::Pass { None } else { run.current.clone() },
         verdict,
         phases: run.phases,
         checks: run.checks,
+        kernel_built: run.kernel_built,
         dir,
         reproducer: settings.rerun.replace("{cell}", &cell.name),
     };
@@ -117,12 +126,7 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     let tree = run.phase("tree", |_| tree::prepare(&cache, &s.source, project, cell.patched).map_err(error))?;
 
     let want = kbuild::requested(cell, &matrix.fragment_paths(cell)).map_err(error)?;
-    let build_key = key(&[
-        tree.key.as_bytes(),
-        cell.arch.kernel_arch().as_bytes(),
-        format!("{:?}", cell.build).as_bytes(),
-        kbuild::merge("", &want).as_bytes(),
-    ]);
+    let build_key = build_key(&tree.key, cell, &want);
     let _build_lock = cache.lock(&format!("build-{build_key}")).map_err(error)?;
     let build_log = run.dir.join("build.log");
     let build = match cell.build {
@@ -152,7 +156,10 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         Ok(got)
     })?;
     let artifacts = run.phase("build", |run| {
+        let image = build.kernel_image();
+        let before = std::fs::metadata(&image).and_then(|m| m.modified()).ok();
         let a = build.build(&config, &build_log, s.build_limit).map_err(error)?;
+        run.kernel_built = before != std::fs::metadata(&image).and_then(|m| m.modified()).ok();
         copy(&a.archive, &run.dir.join("kheaders_data.tar.xz"))?;
         Ok(a)
     })?;
@@ -176,6 +183,25 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
             Ok(())
         })?;
     }
+    run.phase("from-image", |run| {
+        // Without booting: out of kheaders.ko for =m, else out of vmlinux
+        // and out of the (compressed) boot image.
+        let sources = match &artifacts.kheaders_ko {
+            Some(ko) => vec![ko.clone()],
+            None => vec![build.obj.join("vmlinux"), artifacts.kernel_image.clone()],
+        };
+        let built = std::fs::read(&artifacts.archive).map_err(|e| error(e.into()))?;
+        for src in sources {
+            let name = src.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let v = match extract::from_file(&src) {
+                Ok(f) if f.archive == built => Verdict::Pass,
+                Ok(f) => Verdict::Fail(format!("{name}: found {} bytes at offset {}, not the build's archive", f.archive.len(), f.offset)),
+                Err(e) => Verdict::Fail(format!("{e:#}")),
+            };
+            run.check(&format!("khtest extract {name} gives the build's archive"), v)?;
+        }
+        Ok(())
+    })?;
     let initrd = run.dir.join("initramfs.cpio");
     run.phase("image", |_| image::make(&project.images_dir(), cell.arch, artifacts.kheaders_ko.as_slice(), &initrd).map_err(error))?;
 
@@ -221,6 +247,12 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         tracing::info!("{}: {} files, {} bytes unpacked", cell.name, x.files, x.bytes);
         run.check("archive contents", checks::contents(&headers, cell.modbuild))?;
         run.check("SPDX lines kept", checks::spdx_kept(&headers, &[&build.obj, &tree.path]))
+    })?;
+    run.phase("bpf", |run| {
+        let work = run.dir.join("bpf");
+        std::fs::create_dir_all(&work).map_err(|e| error(e.into()))?;
+        let v = bpf::compile(&bpf::program(&project.root), &headers, cell.arch, &work, &run.dir.join("bpf.log"));
+        run.check("an eBPF kprobe program compiles against the headers", v)
     })?;
     run.phase("kselftest", |run| {
         let log = run.dir.join("kselftest.log");
@@ -272,6 +304,17 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     })?;
     guest.shutdown();
     Ok(())
+}
+
+/// The cache key of a cell's build: the tree, the arch, the kind of build
+/// and every requested option.
+pub fn build_key(tree_key: &str, cell: &Cell, want: &kbuild::Config) -> String {
+    key(&[
+        tree_key.as_bytes(),
+        cell.arch.kernel_arch().as_bytes(),
+        format!("{:?}", cell.build).as_bytes(),
+        kbuild::merge("", want).as_bytes(),
+    ])
 }
 
 /// Where the guest serves the archive: sysfs always, procfs with the series.

@@ -4,11 +4,15 @@
 //! [`matrix`] reads the cells, [`tree`] prepares the kernel source,
 //! [`kbuild`] configures and builds, [`image`] makes the initramfs, [`vm`]
 //! boots and drives the guest, [`checks`] judges what came out of it, and
-//! [`report`] says what happened. [`regen`] drives the archive's build rules
+//! [`report`] says what happened. [`bpf`] compiles an eBPF program against
+//! the headers; [`regen`] drives the archive's build rules
 //! in a scratch object tree. [`cell`] runs one cell through all of them.
 
+pub mod bench;
+pub mod bpf;
 pub mod cache;
 pub mod cell;
+pub mod extract;
 pub mod checks;
 pub mod image;
 pub mod kbuild;

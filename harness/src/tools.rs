@@ -34,6 +34,10 @@ pub fn required(cell: &Cell) -> Vec<Tool> {
         tool("patch", "patch"),
         tool("/usr/include/libelf.h", "libelf-dev"),
         tool("/usr/include/openssl/ssl.h", "libssl-dev"),
+        // The eBPF check compiles the way BCC and samples/bpf do.
+        tool("clang", "clang"),
+        tool("llc", "llvm"),
+        tool("llvm-objdump", "llvm"),
     ];
     let cross = cell.arch.cross_compile();
     if !cross.is_empty() {
