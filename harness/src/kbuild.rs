@@ -185,16 +185,20 @@ impl Build {
         Ok(got)
     }
 
+    /// The kernel image QEMU boots.
+    pub fn kernel_image(&self) -> PathBuf {
+        self.obj.join(match self.arch {
+            Arch::X86_64 => "arch/x86/boot/bzImage",
+            Arch::Arm64 => "arch/arm64/boot/Image",
+        })
+    }
+
     /// `make` the kernel (and modules); the log gets all output.
     pub fn build(&self, config: &Config, log: &Path, limit: Duration) -> Result<Artifacts> {
         self.make_target(&[&format!("-j{}", jobs())], log, limit)?;
-        let image = match self.arch {
-            Arch::X86_64 => "arch/x86/boot/bzImage",
-            Arch::Arm64 => "arch/arm64/boot/Image",
-        };
         let module = config.get("CONFIG_IKHEADERS").is_some_and(|v| v == "m");
         let a = Artifacts {
-            kernel_image: self.obj.join(image),
+            kernel_image: self.kernel_image(),
             archive: self.obj.join("kernel/kheaders_data.tar.xz"),
             kheaders_ko: module.then(|| self.obj.join("kernel/kheaders.ko")),
         };

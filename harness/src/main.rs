@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use khtest::cell::{self, Settings};
@@ -34,16 +34,81 @@ enum Cmd {
     /// Run cells (default: all of them).
     Run {
         cells: Vec<String>,
-        /// Kernel source: a tree or a .tar.xz (default: Debian's linux-source-6.12).
+        #[command(flatten)]
+        place: Place,
+        /// Keep every artifact (extracted headers, initramfs) of passing cells too.
         #[arg(long)]
-        tree: Option<PathBuf>,
-        /// Where per-cell results go (default: target/khtest).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// The shared cache (default: $KHTEST_CACHE or ~/.cache/khtest).
-        #[arg(long)]
-        cache: Option<PathBuf>,
+        keep: bool,
     },
+    /// Get the headers archive out of a built kernel without booting it.
+    Extract {
+        /// vmlinux, bzImage, Image, Image.gz, or kheaders.ko.
+        image: PathBuf,
+        /// Where to write the archive.
+        #[arg(short, long, default_value = "kheaders.tar.xz")]
+        output: PathBuf,
+    },
+    /// Measure build cost, archive size and verdict time (see BENCHMARKS.md).
+    Bench {
+        #[command(flatten)]
+        place: Place,
+        /// Repetitions of each timing (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Also time the whole matrix, twice (cold if the cache is, then warm).
+        #[arg(long)]
+        matrix: bool,
+    },
+}
+
+/// Where the kernel comes from and where results and builds go.
+#[derive(clap::Args)]
+struct Place {
+    /// Kernel source: a tree or a .tar.xz (default: Debian's linux-source-6.12).
+    #[arg(long)]
+    tree: Option<PathBuf>,
+    /// Where results go (default: target/khtest).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The shared cache (default: $KHTEST_CACHE or ~/.cache/khtest).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+}
+
+impl Place {
+    fn settings(self, project: &Project, matrix: Option<&PathBuf>) -> Result<Settings> {
+        let mut rerun = String::from("cargo run --release -p khtest --");
+        if let Some(m) = matrix {
+            rerun += &format!(" --matrix {}", m.display());
+        }
+        rerun += " run {cell}";
+        if let Some(t) = &self.tree {
+            rerun += &format!(" --tree {}", t.display());
+        }
+        Ok(Settings {
+            cache_dir: self.cache.unwrap_or_else(khtest::default_cache_dir),
+            out_dir: self.out.unwrap_or_else(|| project.default_out_dir()),
+            source: Source::from_arg(self.tree.as_deref())?,
+            timeouts: Timeouts::default(),
+            build_limit: std::time::Duration::from_secs(3600),
+            keep: false,
+            rerun,
+        })
+    }
+}
+
+/// Progress lines with the elapsed time: bold on a terminal, plain in logs.
+fn progress_printer() -> impl Fn(&str) {
+    let start = Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    move |msg: &str| {
+        let t = start.elapsed().as_secs();
+        if terminal {
+            eprintln!("\x1b[1m[{:3}:{:02}]\x1b[0m {msg}", t / 60, t % 60);
+        } else {
+            eprintln!("[{:3}:{:02}] {msg}", t / 60, t % 60);
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -67,9 +132,10 @@ fn real_main() -> Result<ExitCode> {
     khtest::process::stop_children_on_signals()?;
     let project = Project::locate();
     let matrix_path = cli.matrix.clone().unwrap_or_else(|| project.default_matrix());
-    let matrix = Matrix::load(&matrix_path)?;
+    let load = || Matrix::load(&matrix_path);
     match cli.command {
         Cmd::List { json } => {
+            let matrix = load()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&matrix.cells)?);
             } else {
@@ -79,34 +145,11 @@ fn real_main() -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Run { cells, tree, out, cache } => {
+        Cmd::Run { cells, place, keep } => {
+            let matrix = load()?;
             let selected = matrix.select(&cells)?;
-            let mut rerun = String::from("cargo run --release -p khtest --");
-            if let Some(m) = &cli.matrix {
-                rerun += &format!(" --matrix {}", m.display());
-            }
-            rerun += " run {cell}";
-            if let Some(t) = &tree {
-                rerun += &format!(" --tree {}", t.display());
-            }
-            let settings = Settings {
-                cache_dir: cache.unwrap_or_else(khtest::default_cache_dir),
-                out_dir: out.unwrap_or_else(|| project.default_out_dir()),
-                source: Source::from_arg(tree.as_deref())?,
-                timeouts: Timeouts::default(),
-                build_limit: std::time::Duration::from_secs(3600),
-                rerun,
-            };
-            let start = Instant::now();
-            let terminal = std::io::stderr().is_terminal();
-            let progress = |msg: &str| {
-                let t = start.elapsed().as_secs();
-                if terminal {
-                    eprintln!("\x1b[1m[{:3}:{:02}]\x1b[0m {msg}", t / 60, t % 60);
-                } else {
-                    eprintln!("[{:3}:{:02}] {msg}", t / 60, t % 60);
-                }
-            };
+            let settings = Settings { keep, ..place.settings(&project, cli.matrix.as_ref())? };
+            let progress = progress_printer();
             let mut reports = Vec::new();
             for c in selected {
                 if khtest::process::interrupted().is_some() {
@@ -123,6 +166,25 @@ fn real_main() -> Result<ExitCode> {
             }
             let bad = reports.iter().any(|r| r.verdict.is_bad());
             Ok(if bad { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Cmd::Extract { image, output } => {
+            let found = khtest::extract::from_file(&image)?;
+            std::fs::write(&output, &found.archive).with_context(|| format!("cannot write {}", output.display()))?;
+            let place = match found.inside {
+                None => format!("at offset {}", found.offset),
+                Some((kind, at)) => format!("at offset {} of the {kind} payload at offset {at}", found.offset),
+            };
+            println!("{}: {} bytes {place} of {}", output.display(), found.archive.len(), image.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench { place, reps, matrix: whole } => {
+            let matrix = load()?;
+            let settings = place.settings(&project, cli.matrix.as_ref())?;
+            let opts = khtest::bench::Options { reps: reps.max(1), matrix: whole };
+            let figures = khtest::bench::run(&project, &matrix, &settings, &opts, &progress_printer())?;
+            print!("{}", khtest::bench::markdown(&figures));
+            println!("\nwritten to {}", settings.out_dir.join("bench").display());
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

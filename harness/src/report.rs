@@ -66,6 +66,9 @@ pub struct CellReport {
     pub failed_phase: Option<String>,
     pub phases: Vec<Phase>,
     pub checks: Vec<Check>,
+    /// Whether this run (re)linked the kernel image, i.e. did not find
+    /// the build up to date in the cache.
+    pub kernel_built: bool,
     /// The cell's directory: logs, `.config`, archive, results.
     pub dir: PathBuf,
     /// Command that reruns just this cell.
@@ -151,6 +154,7 @@ mod tests {
                 Check { name: "module loads".into(), verdict: Verdict::Fail("no Hello, world".into()) },
                 Check { name: "module unloads".into(), verdict: Verdict::Fail("module did not load".into()) },
             ],
+            kernel_built: false,
             dir: "/out/x86_64-y-o".into(),
             reproducer: "khtest run x86_64-y-o".into(),
         }

@@ -43,6 +43,7 @@ fn run_cell(project: &Project, matrix: &Matrix, c: &khtest::matrix::Cell) -> Res
         source: Source::from_arg(None).map_err(|e| Failed::from(format!("{e:#}")))?,
         timeouts: Timeouts::default(),
         build_limit: std::time::Duration::from_secs(3600),
+        keep: false,
         rerun: "cargo nextest run -p khtest --test cells -E 'test(={cell})'".into(),
     };
     let progress = |m: &str| eprintln!("{m}");

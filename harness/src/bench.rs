@@ -1,0 +1,322 @@
+//! `khtest bench`: what kheaders costs a kernel build, how big the archive
+//! is, and how fast a verdict comes. Each figure is measured in one run next
+//! to its baseline and reported as a ratio too, because the machines are
+//! shared and noisy; timings are medians of `reps` interleaved repetitions.
+//! The report goes to `target/khtest/bench/bench.md` and `bench.json`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::cache::Cache;
+use crate::cell::{self, Settings};
+use crate::kbuild::{self, Build, Config, BUILD_TIMESTAMP};
+use crate::matrix::{BuildKind, Cell, Kheaders, Matrix};
+use crate::process::run_logged;
+use crate::tree;
+use crate::vm::{Guest, Spec};
+use crate::{image, Project};
+
+/// One measured figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub section: &'static str,
+    pub name: String,
+    pub value: f64,
+    pub unit: &'static str,
+    /// What `value` is compared with, measured in the same run.
+    pub baseline: Option<(String, f64)>,
+    /// The target, as text, and whether it was met.
+    pub target: Option<(String, bool)>,
+}
+
+impl Figure {
+    fn new(section: &'static str, name: impl Into<String>, value: f64, unit: &'static str) -> Figure {
+        Figure { section, name: name.into(), value, unit, baseline: None, target: None }
+    }
+
+    fn against(mut self, name: impl Into<String>, value: f64) -> Figure {
+        self.baseline = Some((name.into(), value));
+        self
+    }
+
+    fn ratio(&self) -> Option<f64> {
+        self.baseline.as_ref().map(|(_, b)| self.value / b)
+    }
+
+    /// Target on the ratio to the baseline.
+    fn ratio_at_most(mut self, max: f64) -> Figure {
+        let ok = self.ratio().is_some_and(|r| r <= max);
+        self.target = Some((format!("ratio <= {max}"), ok));
+        self
+    }
+
+    fn at_most(mut self, max: f64) -> Figure {
+        let ok = self.value <= max;
+        self.target = Some((format!("<= {} {}", fmt_value(max, self.unit), self.unit), ok));
+        self
+    }
+}
+
+pub struct Options {
+    pub reps: usize,
+    /// Also time the whole matrix, twice (the second run must be warm).
+    pub matrix: bool,
+}
+
+/// A cell's build, up to date: its tree, and the files the bench reads.
+struct Built {
+    build: Build,
+    archive: PathBuf,
+    kernel_image: PathBuf,
+}
+
+pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Figure>> {
+    let dir = s.out_dir.join("bench");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cache = Cache::open(&s.cache_dir)?;
+    let pick = |what: &str, f: &dyn Fn(&Cell) -> bool| -> Result<Cell> {
+        matrix.cells.iter().find(|c| f(c)).cloned().with_context(|| format!("the matrix has no {what} cell for the bench"))
+    };
+    let oot = |c: &Cell| c.build == BuildKind::OutOfTree && c.kheaders == Kheaders::BuiltIn;
+    let x86 = pick("x86_64 =y O= module-build", &|c| oot(c) && c.patched && c.modbuild && c.arch.is_host())?;
+    let arm = pick("arm64 =y O= module-build", &|c| oot(c) && c.patched && c.modbuild && !c.arch.is_host())?;
+    let mainline = pick("unpatched", &|c| oot(c) && !c.patched)?;
+    let mut figures = Vec::new();
+
+    progress("bench: the builds (cached ones are no-op makes)");
+    let on = prepare(project, matrix, &cache, s, &x86, None, &dir)?;
+    let mut off_want = kbuild::requested(&x86, &matrix.fragment_paths(&x86))?;
+    off_want.insert("CONFIG_IKHEADERS".into(), "n".into());
+    off_want.remove("CONFIG_IKHEADERS_MODBUILD");
+    let off = prepare(project, matrix, &cache, s, &x86, Some(off_want), &dir)?;
+    let arm = prepare(project, matrix, &cache, s, &arm, None, &dir)?;
+    let mainline = prepare(project, matrix, &cache, s, &mainline, None, &dir)?;
+
+    progress("bench: no-op rebuilds, archive on and off");
+    let log = dir.join("rebuild.log");
+    let (mut t_on, mut t_off) = (Vec::new(), Vec::new());
+    for _ in 0..opts.reps {
+        t_on.push(timed(|| on.build.rebuild(&log, s.build_limit))?);
+        t_off.push(timed(|| off.build.rebuild(&log, s.build_limit))?);
+    }
+    let noop_off = median(&mut t_off);
+    figures.push(Figure::new("incremental", "no-op rebuild, kheaders =y with module-build files", median(&mut t_on), "s").against("no-op rebuild, CONFIG_IKHEADERS=n", noop_off).ratio_at_most(1.10));
+
+    progress("bench: rebuild after one header is added, then removed");
+    let probe = on.build.obj.join("include/generated/khtest-bench-probe.h");
+    std::fs::write(&probe, "#define KHTEST_BENCH_PROBE 1\n")?;
+    let added = timed(|| on.build.rebuild(&log, s.build_limit));
+    let _ = std::fs::remove_file(&probe);
+    let added = added?;
+    let removed = timed(|| on.build.rebuild(&log, s.build_limit))?;
+    figures.push(Figure::new("incremental", "rebuild after a header is added (archive regenerated, vmlinux relinked)", added, "s").against("no-op rebuild, CONFIG_IKHEADERS=n", noop_off));
+    figures.push(Figure::new("incremental", "rebuild after that header is removed", removed, "s").against("no-op rebuild, CONFIG_IKHEADERS=n", noop_off));
+
+    progress("bench: archive sizes and generation times");
+    let mainline_size = std::fs::metadata(&mainline.archive)?.len() as f64 / 1e6;
+    figures.push(Figure::new("archive", "x86_64 mainline 6.12 (headers only, as Debian ships it)", mainline_size, "MB"));
+    for (arch, b) in [("x86_64", &on), ("arm64", &arm)] {
+        let (h_size, h_time) = generate(&b.build, "headers", &dir)?;
+        let (m_size, m_time) = generate(&b.build, "modbuild", &dir)?;
+        figures.push(Figure::new("archive", format!("{arch} series, headers only"), h_size, "MB").against("mainline 6.12 x86_64", mainline_size));
+        let mut f = Figure::new("archive", format!("{arch} series, with module-build files"), m_size, "MB").against("headers only, same build", h_size);
+        if arch == "x86_64" {
+            f = f.at_most(5.0);
+        }
+        figures.push(f);
+        figures.push(Figure::new("archive", format!("{arch} generation time, with module-build files"), m_time, "s").against("headers only", h_time));
+    }
+
+    progress("bench: extraction, liblzma + tar crate vs tar -xJf");
+    let (mut t_lib, mut t_tar) = (Vec::new(), Vec::new());
+    for i in 0..opts.reps {
+        let a = dir.join(format!("extract-lib-{i}"));
+        let b = dir.join(format!("extract-tar-{i}"));
+        for d in [&a, &b] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        t_lib.push(timed(|| kheaders_selftest::archive::extract_file(&on.archive, &a).map(drop).map_err(Into::into))?);
+        std::fs::create_dir_all(&b)?;
+        t_tar.push(timed(|| {
+            let st = Command::new("tar").arg("-xJf").arg(&on.archive).arg("-C").arg(&b).status()?;
+            if !st.success() {
+                bail!("tar -xJf failed: {st}");
+            }
+            Ok(())
+        })?);
+        for d in [&a, &b] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+    figures.push(Figure::new("extract", "host extraction, liblzma + tar crate (checked entries)", median(&mut t_lib), "s").against("tar -xJf", median(&mut t_tar)));
+
+    progress("bench: bare boots, then one cell to its verdict");
+    let initrd = dir.join("initramfs.cpio");
+    image::make(&project.images_dir(), x86.arch, &[], &initrd)?;
+    let spec = Spec { arch: x86.arch, kernel: on.kernel_image.clone(), initrd, dir: dir.join("guest"), memory_mib: 512, timeouts: s.timeouts };
+    let mut bare = Vec::new();
+    for _ in 0..opts.reps {
+        bare.push(timed(|| {
+            let g = Guest::boot(&spec)?;
+            g.shutdown();
+            Ok(())
+        })?);
+    }
+    let bare = median(&mut bare);
+    let quiet = |_: &str| {};
+    let report = cell::run(project, matrix, &x86, s, &quiet);
+    if report.verdict.is_bad() {
+        bail!("cell {} did not pass, so its verdict time means nothing: {}", x86.name, report.verdict.reason());
+    }
+    let after_build = ["image", "boot", "pull", "extract", "kselftest", "modbuild", "load"];
+    let verdict: f64 = report.phases.iter().filter(|p| after_build.contains(&p.name.as_str())).map(|p| p.seconds).sum();
+    figures.push(Figure::new("verdict", format!("{}: boot to verdict ({})", x86.name, after_build.join(" + ")), verdict, "s").against("bare boot to /init and reboot", bare).ratio_at_most(2.0));
+    for p in &report.phases {
+        figures.push(Figure::new("verdict", format!("{}: phase {}", x86.name, p.name), p.seconds, "s"));
+    }
+
+    if opts.matrix {
+        for round in ["first", "second (warm)"] {
+            progress(&format!("bench: the whole matrix, {round} run"));
+            let t = Instant::now();
+            let reports: Vec<_> = matrix.cells.iter().map(|c| cell::run(project, matrix, c, s, &quiet)).collect();
+            let secs = t.elapsed().as_secs_f64();
+            let built = reports.iter().filter(|r| r.kernel_built).count();
+            let bad: Vec<_> = reports.iter().filter(|r| r.verdict.is_bad()).map(|r| r.cell.as_str()).collect();
+            if !bad.is_empty() {
+                bail!("the matrix did not pass ({}), so its time means nothing", bad.join(", "));
+            }
+            let f = Figure::new("matrix", format!("whole matrix, {round} run: {} cells, {built} kernel(s) built", reports.len()), secs / 60.0, "min");
+            figures.push(if built == 0 { f.at_most(3.0) } else { f });
+        }
+    }
+
+    std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&figures)?)?;
+    std::fs::write(dir.join("bench.md"), markdown(&figures))?;
+    Ok(figures)
+}
+
+/// Configure and build `cell` (with `want` instead of its own options, if
+/// given) in the cache, the way `khtest run` does.
+fn prepare(project: &Project, matrix: &Matrix, cache: &Cache, s: &Settings, cell: &Cell, want: Option<Config>, dir: &Path) -> Result<Built> {
+    let tree = tree::prepare(cache, &s.source, project, cell.patched)?;
+    let want = match want {
+        Some(w) => w,
+        None => kbuild::requested(cell, &matrix.fragment_paths(cell))?,
+    };
+    let key = cell::build_key(&tree.key, cell, &want);
+    let _lock = cache.lock(&format!("build-{key}"))?;
+    let build = Build { arch: cell.arch, src: tree.path.clone(), obj: cache.root().join("builds").join(&key), kind: BuildKind::OutOfTree };
+    let log = dir.join(format!("build-{key}.log"));
+    build.configure(&want, &log)?;
+    build.rebuild(&log, s.build_limit)?;
+    Ok(Built { archive: build.obj.join("kernel/kheaders_data.tar.xz"), kernel_image: build.kernel_image(), build })
+}
+
+/// Run the series' generator by hand in `build`'s object tree for one list
+/// kind: the archive's size (MB) and the generation time (s).
+fn generate(build: &Build, kind: &str, dir: &Path) -> Result<(f64, f64)> {
+    let script = build.src.join("kernel/gen_kheaders.sh");
+    let work = tempfile::tempdir_in(dir)?;
+    let list = work.path().join("list");
+    let out = work.path().join("kheaders.tar.xz");
+    let env = |cmd: &mut Command| {
+        cmd.current_dir(&build.obj)
+            .env("srctree", &build.src)
+            .env("building_out_of_srctree", "1")
+            .env("SRCARCH", build.arch.srcarch())
+            .env("XZ", "xz");
+    };
+    let mut ls = Command::new("sh");
+    ls.arg(&script).args(["list", kind]);
+    env(&mut ls);
+    let text = ls.output().context("cannot run gen_kheaders.sh list")?;
+    if !text.status.success() {
+        bail!("gen_kheaders.sh list {kind} failed: {}", String::from_utf8_lossy(&text.stderr));
+    }
+    std::fs::write(&list, &text.stdout)?;
+    let log = dir.join(format!("generate-{kind}.log"));
+    let secs = timed(|| {
+        let mut cmd = Command::new("sh");
+        cmd.arg(&script).arg("archive").args([&list, &out, &work.path().join("dep")]).arg(BUILD_TIMESTAMP.0);
+        env(&mut cmd);
+        let st = run_logged(&mut cmd, &log, Duration::from_secs(600))?;
+        if !st.success() {
+            bail!("gen_kheaders.sh archive failed ({st}); see {}", log.display());
+        }
+        Ok(())
+    })?;
+    Ok((std::fs::metadata(&out)?.len() as f64 / 1e6, secs))
+}
+
+fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// The median (the mean of the middle two for an even count).
+pub fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn fmt_value(v: f64, unit: &str) -> String {
+    match unit {
+        "MB" => format!("{v:.3}"),
+        _ => format!("{v:.2}"),
+    }
+}
+
+/// The figures as Markdown tables, one per section.
+pub fn markdown(figures: &[Figure]) -> String {
+    let mut out = String::new();
+    let mut section = "";
+    for f in figures {
+        if f.section != section {
+            section = f.section;
+            out += &format!("\n### {section}\n\n| figure | value | baseline (same run) | ratio | target |\n|---|---|---|---|---|\n");
+        }
+        let base = f.baseline.as_ref().map(|(n, b)| format!("{n}: {} {}", fmt_value(*b, f.unit), f.unit)).unwrap_or_default();
+        let ratio = f.ratio().map(|r| format!("{r:.2}x")).unwrap_or_default();
+        let target = f.target.as_ref().map(|(t, ok)| format!("{t}: {}", if *ok { "met" } else { "MISSED" })).unwrap_or_default();
+        out += &format!("| {} | {} {} | {base} | {ratio} | {target} |\n", f.name, fmt_value(f.value, f.unit), f.unit);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&mut []).is_nan());
+    }
+
+    #[test]
+    fn ratios_and_targets_are_judged_from_the_numbers() {
+        let f = Figure::new("s", "a", 11.0, "s").against("b", 10.0).ratio_at_most(1.10);
+        assert!((f.ratio().unwrap() - 1.1).abs() < 1e-9);
+        assert!(f.target.as_ref().unwrap().1);
+        let f = Figure::new("s", "a", 12.0, "s").against("b", 10.0).ratio_at_most(1.10);
+        assert!(!f.target.as_ref().unwrap().1);
+        let f = Figure::new("archive", "x", 5.1, "MB").at_most(5.0);
+        let md = markdown(&[f]);
+        assert!(md.contains("### archive") && md.contains("| x | 5.100 MB |") && md.contains("MISSED"), "{md}");
+    }
+}

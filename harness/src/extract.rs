@@ -1,0 +1,161 @@
+//! `khtest extract`: the headers archive out of a built kernel, without
+//! booting it, the way `scripts/extract-ikconfig` gets the config out.
+//!
+//! `kernel/kheaders.c` embeds `kheaders_data.tar.xz` as it is, so the
+//! archive is an xz stream somewhere in `vmlinux`, in `kheaders.ko` and in
+//! an uncompressed arm64 `Image`. A `bzImage` or an `Image.gz` holds the
+//! kernel compressed (xz, gzip): that payload is unpacked first and
+//! searched the same way. An xz stream is the archive when it decodes to a
+//! tar that has `include/linux/kconfig.h`; its exact length is what the
+//! xz decoder consumed.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+const XZ_MAGIC: &[u8] = b"\xfd7zXZ\x00";
+const GZIP_MAGIC: &[u8] = b"\x1f\x8b\x08";
+/// A tar entry every kheaders archive has, headers-only or not.
+const MARKER: &str = "include/linux/kconfig.h";
+
+/// Where the archive was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub archive: Vec<u8>,
+    /// Byte offset of the archive in the file, or in the unpacked payload.
+    pub offset: usize,
+    /// `None` if in the file itself, else the payload's compression and offset.
+    pub inside: Option<(&'static str, usize)>,
+}
+
+/// Find the archive in `path`.
+pub fn from_file(path: &Path) -> Result<Found> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    find(&bytes).with_context(|| {
+        format!(
+            "no kheaders archive in {}: give vmlinux, the boot image (bzImage, Image, Image.gz) of a kernel \
+             built with CONFIG_IKHEADERS=y, or kernel/kheaders.ko for CONFIG_IKHEADERS=m",
+            path.display()
+        )
+    })
+}
+
+/// Find the archive in `bytes`, directly or inside a compressed payload.
+pub fn find(bytes: &[u8]) -> Result<Found> {
+    let mut payloads = Vec::new();
+    for off in occurrences(bytes, XZ_MAGIC) {
+        let Some((out, used)) = unxz(&bytes[off..]) else { continue };
+        if is_kheaders_tar(&out) {
+            return Ok(Found { archive: bytes[off..off + used].to_vec(), offset: off, inside: None });
+        }
+        payloads.push(("xz", off, out));
+    }
+    for off in occurrences(bytes, GZIP_MAGIC) {
+        if let Some(out) = gunzip(&bytes[off..]) {
+            payloads.push(("gzip", off, out));
+        }
+    }
+    // A compressed kernel: search what it unpacks to (one level only).
+    for (kind, at, payload) in payloads {
+        for off in occurrences(&payload, XZ_MAGIC) {
+            let Some((out, used)) = unxz(&payload[off..]) else { continue };
+            if is_kheaders_tar(&out) {
+                return Ok(Found { archive: payload[off..off + used].to_vec(), offset: off, inside: Some((kind, at)) });
+            }
+        }
+    }
+    bail!("no xz stream in it, or in what it unpacks to, is a kheaders archive")
+}
+
+fn occurrences<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
+    hay.windows(needle.len()).enumerate().filter(move |(_, w)| *w == needle).map(|(i, _)| i)
+}
+
+/// Decode the one xz stream at the start of `data`: what it decodes to and
+/// how many bytes of `data` it is. `None` if it is not a valid stream.
+fn unxz(data: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let stream = liblzma::stream::Stream::new_stream_decoder(u64::MAX, 0).ok()?;
+    let mut dec = liblzma::bufread::XzDecoder::new_stream(data, stream);
+    let mut out = Vec::new();
+    dec.read_to_end(&mut out).ok()?;
+    Some((out, dec.total_in() as usize))
+}
+
+fn gunzip(data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data).read_to_end(&mut out).ok()?;
+    Some(out)
+}
+
+fn is_kheaders_tar(data: &[u8]) -> bool {
+    let mut tar = tar::Archive::new(data);
+    let Ok(entries) = tar.entries() else { return false };
+    entries.flatten().any(|e| e.path().is_ok_and(|p| p.to_string_lossy().trim_start_matches("./") == MARKER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn xz(data: &[u8]) -> Vec<u8> {
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn tar_with(name: &str) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, &b"x;\n"[..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    /// Junk, then an unrelated xz stream, then the archive, then junk.
+    fn image(archive: &[u8]) -> Vec<u8> {
+        let mut img = vec![0x55u8; 4096];
+        img.extend_from_slice(XZ_MAGIC); // a false start
+        img.extend(xz(&tar_with("./other/file")));
+        img.extend_from_slice(archive);
+        img.extend(vec![0xaau8; 1000]);
+        img
+    }
+
+    #[test]
+    fn finds_the_exact_bytes_in_a_plain_image() {
+        let archive = xz(&tar_with("./include/linux/kconfig.h"));
+        let f = find(&image(&archive)).unwrap();
+        assert_eq!(f.archive, archive);
+        assert_eq!(f.inside, None);
+    }
+
+    #[test]
+    fn finds_it_inside_a_compressed_kernel() {
+        let archive = xz(&tar_with("./include/linux/kconfig.h"));
+        let kernel = image(&archive);
+        for (kind, packed) in [("xz", xz(&kernel)), ("gzip", {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(&kernel).unwrap();
+            e.finish().unwrap()
+        })] {
+            let mut boot = vec![0u8; 512];
+            boot.extend(packed);
+            let f = find(&boot).unwrap();
+            assert_eq!(f.archive, archive, "{kind}");
+            assert_eq!(f.inside.map(|(k, _)| k), Some(kind));
+        }
+    }
+
+    #[test]
+    fn no_archive_is_a_clear_error() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("vmlinux");
+        std::fs::write(&p, image(&[])).unwrap();
+        let e = format!("{:#}", from_file(&p).unwrap_err());
+        assert!(e.contains("no kheaders archive in") && e.contains("CONFIG_IKHEADERS=y"), "{e}");
+    }
+}
