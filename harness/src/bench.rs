@@ -4,19 +4,17 @@
 //! shared and noisy; timings are medians of `reps` interleaved repetitions.
 //! The report goes to `target/khtest/bench/bench.md` and `bench.json`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::cache::Cache;
 use crate::cell::{self, Settings};
-use crate::kbuild::{self, Build, Config, BUILD_TIMESTAMP};
+use crate::kbuild::{self, Build, BUILD_TIMESTAMP};
 use crate::matrix::{BuildKind, Cell, Kheaders, Matrix};
 use crate::process::run_logged;
-use crate::tree;
 use crate::vm::{Guest, Spec};
 use crate::{image, Project};
 
@@ -67,17 +65,9 @@ pub struct Options {
     pub matrix: bool,
 }
 
-/// A cell's build, up to date: its tree, and the files the bench reads.
-struct Built {
-    build: Build,
-    archive: PathBuf,
-    kernel_image: PathBuf,
-}
-
 pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Figure>> {
     let dir = s.out_dir.join("bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let cache = Cache::open(&s.cache_dir)?;
     let pick = |what: &str, f: &dyn Fn(&Cell) -> bool| -> Result<Cell> {
         matrix.cells.iter().find(|c| f(c)).cloned().with_context(|| format!("the matrix has no {what} cell for the bench"))
     };
@@ -88,13 +78,14 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
     let mut figures = Vec::new();
 
     progress("bench: the builds (cached ones are no-op makes)");
-    let on = prepare(project, matrix, &cache, s, &x86, None, &dir)?;
+    let log = dir.join("build.log");
+    let on = cell::build_only(project, matrix, &x86, s, None, &log)?;
     let mut off_want = kbuild::requested(&x86, &matrix.fragment_paths(&x86))?;
     off_want.insert("CONFIG_IKHEADERS".into(), "n".into());
     off_want.remove("CONFIG_IKHEADERS_MODBUILD");
-    let off = prepare(project, matrix, &cache, s, &x86, Some(off_want), &dir)?;
-    let arm = prepare(project, matrix, &cache, s, &arm, None, &dir)?;
-    let mainline = prepare(project, matrix, &cache, s, &mainline, None, &dir)?;
+    let off = cell::build_only(project, matrix, &x86, s, Some(off_want), &log)?;
+    let arm = cell::build_only(project, matrix, &arm, s, None, &log)?;
+    let mainline = cell::build_only(project, matrix, &mainline, s, None, &log)?;
 
     progress("bench: no-op rebuilds, archive on and off");
     let log = dir.join("rebuild.log");
@@ -198,23 +189,6 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
     std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&figures)?)?;
     std::fs::write(dir.join("bench.md"), markdown(&figures))?;
     Ok(figures)
-}
-
-/// Configure and build `cell` (with `want` instead of its own options, if
-/// given) in the cache, the way `khtest run` does.
-fn prepare(project: &Project, matrix: &Matrix, cache: &Cache, s: &Settings, cell: &Cell, want: Option<Config>, dir: &Path) -> Result<Built> {
-    let tree = tree::prepare(cache, &s.source, project, cell.patched)?;
-    let want = match want {
-        Some(w) => w,
-        None => kbuild::requested(cell, &matrix.fragment_paths(cell))?,
-    };
-    let key = cell::build_key(&tree.key, cell, &want);
-    let _lock = cache.lock(&format!("build-{key}"))?;
-    let build = Build { arch: cell.arch, src: tree.path.clone(), obj: cache.root().join("builds").join(&key), kind: BuildKind::OutOfTree };
-    let log = dir.join(format!("build-{key}.log"));
-    build.configure(&want, &log)?;
-    build.rebuild(&log, s.build_limit)?;
-    Ok(Built { archive: build.obj.join("kernel/kheaders_data.tar.xz"), kernel_image: build.kernel_image(), build })
 }
 
 /// Run the series' generator by hand in `build`'s object tree for one list

@@ -306,6 +306,33 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     Ok(())
 }
 
+/// A cell's kernel, up to date in the cache, and the files read from it.
+pub struct Built {
+    pub build: Build,
+    pub archive: PathBuf,
+    pub kernel_image: PathBuf,
+}
+
+/// Configure and build an out-of-tree `cell` (with `want` instead of its
+/// own options, if given) in the cache exactly as [`run`] does, without
+/// booting it: a no-op `make` when it is up to date. For the bench and the
+/// guest tests.
+pub fn build_only(project: &Project, matrix: &Matrix, cell: &Cell, s: &Settings, want: Option<kbuild::Config>, log: &Path) -> anyhow::Result<Built> {
+    anyhow::ensure!(cell.build == BuildKind::OutOfTree, "cell {}: only out-of-tree builds can be built on their own", cell.name);
+    let cache = Cache::open(&s.cache_dir)?;
+    let tree = tree::prepare(&cache, &s.source, project, cell.patched)?;
+    let want = match want {
+        Some(w) => w,
+        None => kbuild::requested(cell, &matrix.fragment_paths(cell))?,
+    };
+    let key = build_key(&tree.key, cell, &want);
+    let _lock = cache.lock(&format!("build-{key}"))?;
+    let build = Build { arch: cell.arch, src: tree.path.clone(), obj: cache.root().join("builds").join(&key), kind: cell.build };
+    build.configure(&want, log)?;
+    build.rebuild(log, s.build_limit)?;
+    Ok(Built { archive: build.obj.join("kernel/kheaders_data.tar.xz"), kernel_image: build.kernel_image(), build })
+}
+
 /// The cache key of a cell's build: the tree, the arch, the kind of build
 /// and every requested option.
 pub fn build_key(tree_key: &str, cell: &Cell, want: &kbuild::Config) -> String {
@@ -337,4 +364,17 @@ fn copy(from: &Path, to: &Path) -> Result<(), Stop> {
         .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))
         .map(drop)
         .map_err(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crashing_guest_is_a_fail_a_hung_one_an_error() {
+        let crash = VmError::Crash { phase: "boot".into(), text: "Kernel panic - not syncing: Attempted to kill init!".into() };
+        assert!(matches!(vm_stop(crash), Verdict::Fail(m) if m.contains("Kernel panic")));
+        let hang = VmError::Timeout { phase: "pull".into(), limit: Duration::from_secs(5), log: "console.log".into() };
+        assert!(matches!(vm_stop(hang), Verdict::Error(m) if m.contains("during pull")));
+    }
 }

@@ -2,6 +2,10 @@
 //! 'binary(cells)'` runs them all, `-E 'test(x86_64-y-o)'` one. Each test
 //! builds, boots and checks its cell for real; the test fails with the
 //! cell's verdict, failed phase and log directory.
+//!
+//! The `guest-*` tests boot the first x86_64 cell's kernel with an `/init`
+//! that misbehaves (panics, hangs at boot, hangs in a command) and check
+//! that the harness sees it at once or at its deadline, and ends QEMU.
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -25,7 +29,7 @@ fn main() {
             std::process::exit(101);
         }
     };
-    let trials = matrix
+    let mut trials: Vec<Trial> = matrix
         .cells
         .iter()
         .map(|c| {
@@ -33,19 +37,90 @@ fn main() {
             Trial::test(c.name.clone(), move || run_cell(&project, &matrix, &cell))
         })
         .collect();
+    for (name, misbehaviour) in [
+        ("guest-panic-is-seen-at-once", Misbehaviour::PanicAtBoot),
+        ("guest-hang-at-boot-times-out", Misbehaviour::HangAtBoot),
+        ("guest-hang-in-a-command-times-out", Misbehaviour::HangInCommand),
+    ] {
+        let (project, matrix) = (project.clone(), matrix.clone());
+        trials.push(Trial::test(name, move || guest_test(&project, &matrix, misbehaviour)));
+    }
     libtest_mimic::run(&args, trials).exit();
 }
 
-fn run_cell(project: &Project, matrix: &Matrix, c: &khtest::matrix::Cell) -> Result<(), Failed> {
-    let settings = Settings {
+fn settings() -> Result<Settings, Failed> {
+    Ok(Settings {
         cache_dir: khtest::default_cache_dir(),
-        out_dir: project.default_out_dir(),
+        out_dir: Project::locate().default_out_dir(),
         source: Source::from_arg(None).map_err(|e| Failed::from(format!("{e:#}")))?,
         timeouts: Timeouts::default(),
         build_limit: std::time::Duration::from_secs(3600),
         keep: false,
         rerun: "cargo nextest run -p khtest --test cells -E 'test(={cell})'".into(),
+    })
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Misbehaviour {
+    PanicAtBoot,
+    HangAtBoot,
+    HangInCommand,
+}
+
+fn guest_test(project: &Project, matrix: &Matrix, what: Misbehaviour) -> Result<(), Failed> {
+    use khtest::vm::{Guest, Spec, VmError};
+    use std::time::{Duration, Instant};
+    let s = settings()?;
+    let cell = matrix
+        .cells
+        .iter()
+        .find(|c| c.arch.is_host() && c.build == khtest::matrix::BuildKind::OutOfTree)
+        .ok_or("the matrix has no x86_64 out-of-tree cell to borrow a kernel from")?;
+    let dir = s.out_dir.join(format!("guest-{what:?}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let built = cell::build_only(project, matrix, cell, &s, None, &dir.join("build.log")).map_err(|e| format!("{e:#}"))?;
+    let init = match what {
+        Misbehaviour::PanicAtBoot => "#!/bin/busybox sh\necho khtest: init exits, the kernel must panic\nexit 1\n",
+        Misbehaviour::HangAtBoot => "#!/bin/busybox sh\nexec /bin/busybox sleep 100000\n",
+        Misbehaviour::HangInCommand => &std::fs::read_to_string(project.images_dir().join("init")).map_err(|e| e.to_string())?,
     };
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).map_err(|e| e.to_string())?;
+    std::fs::write(images.join("init"), init).map_err(|e| e.to_string())?;
+    let initrd = dir.join("initramfs.cpio");
+    khtest::image::make(&images, cell.arch, &[], &initrd).map_err(|e| format!("{e:#}"))?;
+    let timeouts = Timeouts { boot: Duration::from_secs(30), command: Duration::from_secs(5), ..Timeouts::default() };
+    let spec = Spec { arch: cell.arch, kernel: built.kernel_image, initrd: initrd.clone(), dir: dir.clone(), memory_mib: 256, timeouts };
+    let start = Instant::now();
+    let outcome = match Guest::boot(&spec) {
+        Ok(mut g) if matches!(what, Misbehaviour::HangInCommand) => g.run("stuck-command", "sleep 100000", timeouts.command).map(drop),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    };
+    let took = start.elapsed();
+    // The guest is dropped by now: its QEMU must be gone.
+    std::thread::sleep(Duration::from_millis(500));
+    let still = std::process::Command::new("pgrep").arg("-f").arg(initrd.to_string_lossy().as_ref()).output().map_err(|e| e.to_string())?;
+    if !still.stdout.is_empty() {
+        return Err(format!("QEMU is still running after the test: pids {}", String::from_utf8_lossy(&still.stdout)).into());
+    }
+    match (what, outcome) {
+        (Misbehaviour::PanicAtBoot, Err(VmError::Crash { phase, text })) if phase == "boot" && text.contains("Kernel panic") => {
+            // Seen on the console, not by running into the deadline.
+            if took >= timeouts.boot {
+                return Err(format!("the panic was only reported after {took:?}").into());
+            }
+            Ok(())
+        }
+        (Misbehaviour::HangAtBoot, Err(VmError::Timeout { phase, .. })) if phase == "boot" => Ok(()),
+        (Misbehaviour::HangInCommand, Err(VmError::Timeout { phase, .. })) if phase == "stuck-command" => Ok(()),
+        (w, other) => Err(format!("{w:?}: unexpected outcome after {took:?}: {other:?}").into()),
+    }
+}
+
+fn run_cell(project: &Project, matrix: &Matrix, c: &khtest::matrix::Cell) -> Result<(), Failed> {
+    let settings = settings()?;
     let progress = |m: &str| eprintln!("{m}");
     let r = cell::run(project, matrix, c, &settings, &progress);
     eprint!("{}", khtest::report::table(std::slice::from_ref(&r)));
