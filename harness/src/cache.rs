@@ -118,6 +118,23 @@ mod tests {
     }
 
     #[test]
+    fn a_second_holder_waits_for_the_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::open(d.path()).unwrap();
+        let first = c.lock("build-x").unwrap();
+        let root = d.path().to_owned();
+        let start = std::time::Instant::now();
+        let second = std::thread::spawn(move || {
+            let _l = Cache::open(&root).unwrap().lock("build-x").unwrap();
+            start.elapsed()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(first);
+        let waited = second.join().unwrap();
+        assert!(waited >= std::time::Duration::from_millis(300), "the second lock did not wait: {waited:?}");
+    }
+
+    #[test]
     fn keys_depend_on_boundaries() {
         assert_ne!(key(&[b"ab", b"c"]), key(&[b"a", b"bc"]));
         assert_eq!(key(&[b"x"]).len(), 16);

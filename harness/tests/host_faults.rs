@@ -1,0 +1,119 @@
+//! What the host or the input gets wrong, end to end through the `khtest`
+//! binary, with a fake kernel tree (a Makefile that plays kbuild) so that no
+//! kernel is built: a malformed matrix, a Kconfig option that does not
+//! stick, a kernel build that fails. Each must give its own clear verdict,
+//! and one cell's failure must not stop the others.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const FAKE_MAKEFILE: &str = r#"# A fake kernel tree: configures like kbuild, then fails to build.
+all:
+	@echo "  CC      kernel/fake.o"
+	@echo "kernel/fake.c:1:1: error: this build is broken on purpose" >&2
+	@exit 2
+
+tinyconfig:
+	@printf 'CONFIG_64BIT=y\n' > $(O)/.config
+
+# Drops CONFIG_DROPPED, as Kconfig drops an option whose dependencies are unmet.
+olddefconfig:
+	@grep -v CONFIG_DROPPED $(O)/.config > $(O)/.config.new; mv $(O)/.config.new $(O)/.config
+"#;
+
+const MATRIX: &str = "cells:
+  - name: dropped
+    arch: x86_64
+    kheaders: y
+    patched: false
+    modbuild: false
+    fragments: [dropped.config]
+  - name: broken
+    arch: x86_64
+    kheaders: y
+    patched: false
+    modbuild: false
+";
+
+fn khtest(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_khtest"))
+        .args(args)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .arg("--cache")
+        .arg(dir.join("cache"))
+        .env("KHTEST_ROOT", env!("CARGO_MANIFEST_DIR").to_owned() + "/..")
+        .output()
+        .unwrap()
+}
+
+/// A fake tree and a matrix with the two cells, in `dir`.
+fn setup(dir: &Path) {
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("Makefile"), FAKE_MAKEFILE).unwrap();
+    std::fs::write(tree.join("Kconfig"), "# fake\n").unwrap();
+    let configs = dir.join("configs");
+    std::fs::create_dir_all(configs.join("fragments")).unwrap();
+    std::fs::write(configs.join("matrix.yaml"), MATRIX).unwrap();
+    std::fs::write(configs.join("fragments/dropped.config"), "CONFIG_DROPPED=y\n").unwrap();
+}
+
+fn results(dir: &Path, cell: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("out").join(cell).join("results.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn an_option_that_did_not_stick_fails_and_a_broken_build_is_an_error_and_both_are_reported() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    let matrix = d.path().join("configs/matrix.yaml");
+    let tree = d.path().join("tree");
+    let out = khtest(&["--matrix", matrix.to_str().unwrap(), "run", "--tree", tree.to_str().unwrap()], d.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+
+    let dropped = results(d.path(), "dropped");
+    assert_eq!(dropped["status"], "FAIL", "{dropped}");
+    assert_eq!(dropped["failed_phase"], "configure");
+    let why = dropped["reason"].as_str().unwrap();
+    assert!(why.contains("CONFIG_DROPPED=y requested") && why.contains("did not stick"), "{why}");
+
+    // The first cell's failure did not stop the second.
+    let broken = results(d.path(), "broken");
+    assert_eq!(broken["status"], "ERROR", "{broken}");
+    assert_eq!(broken["failed_phase"], "build");
+    let why = broken["reason"].as_str().unwrap();
+    assert!(why.contains("broken on purpose") && why.contains("build.log"), "the error must show the log's end and path: {why}");
+    assert!(stdout.contains("dropped") && stdout.contains("broken"), "{stdout}");
+}
+
+#[test]
+fn a_malformed_matrix_is_refused_before_anything_is_built() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    let matrix = d.path().join("configs/matrix.yaml");
+    std::fs::write(&matrix, MATRIX.replace("    kheaders: y\n    patched: false\n    modbuild: false\n    fragments", "    kheaders: y\n    colour: blue\n    fragments")).unwrap();
+    let out = khtest(&["--matrix", matrix.to_str().unwrap(), "run"], d.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("matrix.yaml") && stderr.contains("colour") && stderr.contains("line 5"), "{stderr}");
+    assert!(!d.path().join("out").exists() && !d.path().join("cache").exists(), "something was made before the matrix was checked");
+}
+
+#[test]
+fn an_unwritable_output_directory_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    // A file where the output directory should be: no permission trick
+    // (root ignores modes), the path just cannot be a directory.
+    std::fs::write(d.path().join("out"), "not a directory").unwrap();
+    let matrix = d.path().join("configs/matrix.yaml");
+    let tree = d.path().join("tree");
+    let out = khtest(&["--matrix", matrix.to_str().unwrap(), "run", "broken", "--tree", tree.to_str().unwrap()], d.path());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains(&d.path().join("out").display().to_string()), "the error must name the path: {text}");
+}
