@@ -56,6 +56,7 @@ struct Run<'a> {
     progress: &'a dyn Fn(&str),
     name: String,
     kernel_built: bool,
+    retries: Vec<String>,
 }
 
 impl Run<'_> {
@@ -85,7 +86,7 @@ impl Run<'_> {
 /// Run `cell` and report; never panics on a cell's failure.
 pub fn run(project: &Project, matrix: &Matrix, cell: &Cell, settings: &Settings, progress: &dyn Fn(&str)) -> CellReport {
     let dir = cell_dir(&settings.out_dir, &cell.name);
-    let mut run = Run { dir: dir.clone(), phases: Vec::new(), checks: Vec::new(), current: None, progress, name: cell.name.clone(), kernel_built: false };
+    let mut run = Run { dir: dir.clone(), phases: Vec::new(), checks: Vec::new(), current: None, progress, name: cell.name.clone(), kernel_built: false, retries: Vec::new() };
     let mut verdict = match steps(&mut run, project, matrix, cell, settings) {
         Ok(()) => Verdict::Pass,
         Err(v) => v,
@@ -104,6 +105,7 @@ pub fn run(project: &Project, matrix: &Matrix, cell: &Cell, settings: &Settings,
         phases: run.phases,
         checks: run.checks,
         kernel_built: run.kernel_built,
+        retries: run.retries,
         dir,
         reproducer: settings.rerun.replace("{cell}", &cell.name),
     };
@@ -213,7 +215,7 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         memory_mib: 512,
         timeouts: s.timeouts,
     };
-    let mut guest = run.phase("boot", |_| Guest::boot(&spec).map_err(vm_stop))?;
+    let mut guest = run.phase("boot", |run| boot_retrying_once(&spec, &mut run.retries))?;
     let pulled = run.dir.join("kheaders.tar.xz");
     run.phase("pull", |run| {
         let paths = archive_paths(cell);
@@ -342,6 +344,22 @@ pub fn build_key(tree_key: &str, cell: &Cell, want: &kbuild::Config) -> String {
         format!("{:?}", cell.build).as_bytes(),
         kbuild::merge("", want).as_bytes(),
     ])
+}
+
+/// Boot; if the guest hangs or QEMU dies before the shell is up (TCG on a
+/// loaded host), boot once more and record why. A crash is the kernel's
+/// fault and is never retried. The first attempt's console log is kept.
+pub fn boot_retrying_once(spec: &Spec, retries: &mut Vec<String>) -> Result<Guest, Stop> {
+    match Guest::boot(spec) {
+        Ok(g) => Ok(g),
+        Err(e @ VmError::Crash { .. }) => Err(vm_stop(e)),
+        Err(e) => {
+            let kept = spec.dir.join("console.attempt1.log");
+            let _ = std::fs::rename(spec.console_log(), &kept);
+            retries.push(format!("boot: {e} (first console log: {})", kept.display()));
+            Guest::boot(spec).map_err(vm_stop)
+        }
+    }
 }
 
 /// Where the guest serves the archive: sysfs always, procfs with the series.

@@ -69,6 +69,9 @@ pub struct CellReport {
     /// Whether this run (re)linked the kernel image, i.e. did not find
     /// the build up to date in the cache.
     pub kernel_built: bool,
+    /// What was tried again and why (a boot that hung or whose QEMU died;
+    /// never a crash). Shown with the verdict: a retried PASS says so.
+    pub retries: Vec<String>,
     /// The cell's directory: logs, `.config`, archive, results.
     pub dir: PathBuf,
     /// Command that reruns just this cell.
@@ -100,6 +103,9 @@ impl CellReport {
         for c in self.checks.iter().filter(|c| c.verdict != Verdict::Pass && c.verdict != self.verdict) {
             let _ = write!(s, "\n  check {}: {} {}", c.name, c.verdict.label(), c.verdict.reason());
         }
+        for r in &self.retries {
+            let _ = write!(s, "\n  retried: {r}");
+        }
         let _ = write!(s, "\n  logs: {}", self.dir.display());
         if self.verdict.is_bad() {
             let _ = write!(s, "\n  rerun: {}", self.reproducer);
@@ -120,7 +126,9 @@ pub fn table(reports: &[CellReport]) -> String {
     }
     s.push_str("     total\n");
     for r in reports {
-        let _ = write!(s, "{:width$}  {:7}", r.cell, r.verdict.label());
+        // A retried cell is marked: PASS* is a pass after a retry.
+        let label = format!("{}{}", r.verdict.label(), if r.retries.is_empty() { "" } else { "*" });
+        let _ = write!(s, "{:width$}  {label:7}", r.cell);
         for p in TABLE_PHASES {
             match r.phase_seconds(p) {
                 Some(t) => {
@@ -155,6 +163,7 @@ mod tests {
                 Check { name: "module unloads".into(), verdict: Verdict::Fail("module did not load".into()) },
             ],
             kernel_built: false,
+            retries: Vec::new(),
             dir: "/out/x86_64-y-o".into(),
             reproducer: "khtest run x86_64-y-o".into(),
         }
@@ -181,4 +190,15 @@ mod tests {
         assert!(!e.contains("check module unloads"), "the verdict's own check is repeated: {e}");
         assert!(!report(Verdict::Pass).explain().contains("rerun"));
     }
+
+    #[test]
+    fn a_retried_cell_says_so() {
+        let mut r = report(Verdict::Pass);
+        r.failed_phase = None;
+        r.checks.clear();
+        r.retries.push("boot: timed out after 120 s during boot".into());
+        assert!(table(std::slice::from_ref(&r)).contains("PASS*"));
+        assert!(r.explain().contains("retried: boot: timed out"), "{}", r.explain());
+    }
+
 }
