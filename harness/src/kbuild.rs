@@ -237,9 +237,13 @@ impl Build {
         cmd.args(args);
         let st = run_logged(&mut cmd, log, limit)?;
         if !st.success() {
+            // With -j the first error is rarely among the last lines.
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let errors = first_errors(&text, 5);
             bail!(
-                "`make {}` failed ({st}); last lines of {}:\n{}",
+                "`make {}` failed ({st}); {}last lines of {}:\n{}",
                 args.join(" "),
+                if errors.is_empty() { String::new() } else { format!("first errors:\n{}\n", errors.join("\n")) },
                 log.display(),
                 tail(log, 20)
             );
@@ -248,8 +252,25 @@ impl Build {
     }
 }
 
+/// The first `n` lines of a build log that report an error.
+pub fn first_errors(log: &str, n: usize) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains(": error:") || l.contains("*** No rule") || (l.starts_with("make") && l.contains("*** ") && !l.contains("Error ")))
+        .take(n)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn first_errors_skip_the_cascade() {
+        let log = "  CC      a.o\nmake[3]: *** No rule to make target 'Module.symvers', needed by 'kernel/kheaders_data.tar.xz'.  Stop.\n\
+                   make[2]: *** [scripts/Makefile.build:471: kernel] Error 2\nfoo.c:1:2: error: bad\n";
+        let e = super::first_errors(log, 5);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].contains("Module.symvers") && e[1].contains("foo.c"));
+    }
+
     use super::*;
     use crate::matrix::Matrix;
 
