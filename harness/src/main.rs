@@ -40,6 +40,14 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Prepare the kernel tree (unpacked, with the series unless
+    /// --unpatched) in the cache and print its path.
+    Tree {
+        #[command(flatten)]
+        place: Place,
+        #[arg(long)]
+        unpatched: bool,
+    },
     /// Get the headers archive out of a built kernel without booting it.
     Extract {
         /// vmlinux, bzImage, Image, Image.gz, or kheaders.ko.
@@ -166,6 +174,13 @@ fn real_main() -> Result<ExitCode> {
             }
             let bad = reports.iter().any(|r| r.verdict.is_bad());
             Ok(if bad { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Cmd::Tree { place, unpatched } => {
+            let s = place.settings(&project, None)?;
+            let cache = khtest::cache::Cache::open(&s.cache_dir)?;
+            let tree = khtest::tree::prepare(&cache, &s.source, &project, !unpatched)?;
+            println!("{}", tree.path.display());
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Extract { image, output } => {
             let found = khtest::extract::from_file(&image)?;

@@ -1,0 +1,112 @@
+#!/bin/sh
+# Put each fault of the 2019 review back, one at a time, as an extra patch
+# on top of kernel/series, and run the cell that must catch it. Every run
+# must end red; the summary says which phase and check caught each fault.
+#
+#   scripts/put-faults-back.sh [FAULT...]
+#
+# With KHTEST_FAULTS_DRY=1 it only writes the fault patches.
+#
+# Faults: regen (archive regenerated on every build), arch ($(ARCH) for
+# $(SRCARCH)), spdx (SPDX lines stripped), symvers (modpost not told that
+# Module.symvers is missing), oot (object-tree files not archived: O=
+# breaks), pristine (Module.symvers archived and a prerequisite: the
+# pristine-tree cycle), errors (the generator's cpio errors discarded).
+#
+# Each run builds a kernel (about 2.5 min; the errors run also drives the
+# regen phase, 5 min in all). Results: target/khtest-faults/.
+# The sed expressions below quote make and shell text literally:
+# shellcheck disable=SC2016
+set -eu
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=${KHTEST_FAULTS_OUT:-$repo/target/khtest-faults}
+khtest=$repo/target/release/khtest
+faults=${*:-regen arch spdx symvers oot pristine errors}
+
+cd "$repo"
+cargo build -q --release -p khtest
+mkdir -p "$out"
+
+# The patched tree the fault patches are made against.
+tree=$("$khtest" tree)
+
+# fault_patch NAME FILE SED-EXPRESSION...: a patch changing FILE of the tree.
+fault_patch()
+{
+	name=$1 file=$2
+	shift 2
+	cp "$tree/$file" "$out/new"
+	for e in "$@"; do
+		sed -i "$e" "$out/new"
+	done
+	if cmp -s "$tree/$file" "$out/new"; then
+		echo "put-faults-back: fault $name changes nothing in $file: update this script" >&2
+		exit 2
+	fi
+	diff -u --label "a/$file" --label "b/$file" "$tree/$file" "$out/new" >> "$out/$name.patch" || true
+	rm -f "$out/new"
+}
+
+make_patch()
+{
+	rm -f "$out/$1.patch"
+	case $1 in
+	regen)
+		fault_patch regen kernel/Makefile 's/\$(call if_changed_dep,kheaders_data)/$(call cmd,kheaders_data)/' ;;
+	arch)
+		fault_patch arch kernel/gen_kheaders.sh 's/arch\/\${SRCARCH}/arch\/${ARCH}/g' ;;
+	spdx)
+		fault_patch spdx kernel/gen_kheaders.sh 's/s\/\\\/\\\*((?!SPDX)\.)\*?\\\*\\\/\/\/smg;/s\/\\\/\\*.*?\\*\\\/\/\/smg;/' ;;
+	symvers)
+		fault_patch symvers scripts/Makefile.modpost '/^ifneq (\$(wildcard include\/config\/kheaders-archive),)$/,/^endif$/d' ;;
+	oot)
+		fault_patch oot kernel/gen_kheaders.sh \
+			's/if \[ -n "\${building_out_of_srctree:-}" \] \&\& \[ -d "\${d}" \]; then/if false; then/' \
+			's/^\t\tfind "arch\/\${SRCARCH}\/include\/generated" include\/generated \\$/\t\tfalse \&\& find "arch\/${SRCARCH}\/include\/generated" include\/generated \\/' ;;
+	pristine)
+		fault_patch pristine kernel/gen_kheaders.sh 's/^\t\techo include\/config\/kernel.release$/\t\techo include\/config\/kernel.release\n\t\techo Module.symvers/'
+		fault_patch pristine kernel/Makefile 's/^\$(obj)\/kheaders_data.tar.xz: \$(obj)\/kheaders.list include\/config\/auto.conf FORCE$/$(obj)\/kheaders_data.tar.xz: $(obj)\/kheaders.list include\/config\/auto.conf Module.symvers FORCE/' ;;
+	errors)
+		fault_patch errors kernel/gen_kheaders.sh 's/cpio --quiet -pdmu "\${staging}"$/cpio --quiet -pdmu "${staging}" >\/dev\/null 2>\&1/' ;;
+	*)
+		echo "put-faults-back: unknown fault $1" >&2
+		exit 2 ;;
+	esac
+}
+
+# The cell that must catch each fault.
+cell_for()
+{
+	case $1 in
+	pristine) echo x86_64-y-intree ;;
+	*) echo x86_64-y-o ;;
+	esac
+}
+
+status=0
+for f in $faults; do
+	make_patch "$f"
+	if [ -n "${KHTEST_FAULTS_DRY:-}" ]; then
+		echo "$f: $out/$f.patch"
+		continue
+	fi
+	copy=$out/repo-$f
+	rm -rf "$copy"
+	mkdir -p "$copy"
+	git archive HEAD | tar -x -C "$copy"
+	cp "$out/$f.patch" "$copy/kernel/9999-fault-$f.patch"
+	echo "9999-fault-$f.patch" >> "$copy/kernel/series"
+	# Only the errors fault needs the regen phase: spare the others it.
+	if [ "$f" != errors ]; then
+		sed -i 's/^    regen: true$/    regen: false/' "$copy/configs/matrix.yaml"
+	fi
+	cell=$(cell_for "$f")
+	if KHTEST_ROOT=$copy "$khtest" run "$cell" --out "$out/out-$f" > "$out/$f.log" 2>&1; then
+		echo "$f: NOT CAUGHT: $cell passed with the fault in (log: $out/$f.log)"
+		status=1
+	else
+		echo "$f: caught by $cell: $(grep -E '^(FAIL|ERROR) ' "$out/$f.log" | head -1)"
+	fi
+done
+exit $status
