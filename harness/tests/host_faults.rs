@@ -117,3 +117,46 @@ fn an_unwritable_output_directory_is_named() {
     assert_ne!(out.status.code(), Some(0), "{text}");
     assert!(text.contains(&d.path().join("out").display().to_string()), "the error must name the path: {text}");
 }
+
+#[test]
+fn sigint_during_a_build_ends_make_and_marks_the_cell_interrupted() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    // A build that runs a long child, tagged so that we can look for it.
+    let marker = format!("khtest-sigint-{}", std::process::id());
+    let makefile = FAKE_MAKEFILE.replace(
+        "all:\n\t@echo \"  CC      kernel/fake.o\"",
+        &format!("all:\n\t@sh -c 'sleep 300; echo {marker}'\n\t@echo \"  CC      kernel/fake.o\""),
+    );
+    std::fs::write(d.path().join("tree/Makefile"), makefile).unwrap();
+    let matrix = d.path().join("configs/matrix.yaml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_khtest"))
+        .args(["--matrix", matrix.to_str().unwrap(), "run", "broken", "--tree"])
+        .arg(d.path().join("tree"))
+        .arg("--out")
+        .arg(d.path().join("out"))
+        .arg("--cache")
+        .arg(d.path().join("cache"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = || {
+        let o = Command::new("pgrep").arg("-f").arg(&marker).output().unwrap();
+        !o.stdout.is_empty()
+    };
+    let start = std::time::Instant::now();
+    while !running() {
+        assert!(start.elapsed().as_secs() < 30, "the fake build never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: signalling the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "exit status after SIGINT");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!running(), "the build's child outlived khtest");
+    let r = results(d.path(), "broken");
+    assert_eq!(r["status"], "ERROR");
+    assert!(r["reason"].as_str().unwrap().contains("interrupted by signal 2"), "{r}");
+}
