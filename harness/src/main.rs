@@ -65,7 +65,7 @@ enum Cmd {
         reps: usize,
         /// Also time the whole matrix, twice (cold if the cache is, then warm).
         #[arg(long)]
-        matrix: bool,
+        whole_matrix: bool,
     },
 }
 
@@ -192,7 +192,7 @@ fn real_main() -> Result<ExitCode> {
             println!("{}: {} bytes {place} of {}", output.display(), found.archive.len(), image.display());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Bench { place, reps, matrix: whole } => {
+        Cmd::Bench { place, reps, whole_matrix: whole } => {
             let matrix = load()?;
             let settings = place.settings(&project, cli.matrix.as_ref())?;
             let opts = khtest::bench::Options { reps: reps.max(1), matrix: whole };
@@ -200,6 +200,26 @@ fn real_main() -> Result<ExitCode> {
             print!("{}", khtest::bench::markdown(&figures));
             println!("\nwritten to {}", settings.out_dir.join("bench").display());
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent_and_parses() {
+        Cli::command().debug_assert();
+        for args in [
+            &["khtest", "--matrix", "m.yaml", "run", "a", "--keep"][..],
+            &["khtest", "bench", "--whole-matrix", "--reps", "5"],
+            &["khtest", "extract", "vmlinux", "-o", "x.tar.xz"],
+            &["khtest", "tree", "--unpatched"],
+            &["khtest", "list", "--json"],
+        ] {
+            Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
     }
 }
