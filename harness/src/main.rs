@@ -63,7 +63,7 @@ enum Cmd {
         /// Repetitions of each timing (the median is reported).
         #[arg(long, default_value_t = 3)]
         reps: usize,
-        /// Also time the whole matrix, twice (cold if the cache is, then warm).
+        /// Also time the whole matrix twice, in a cache of its own: cold, then warm.
         #[arg(long)]
         whole_matrix: bool,
     },

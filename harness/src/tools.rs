@@ -1,5 +1,6 @@
 //! Preflight: every host tool a cell needs, checked before anything is
-//! built, and named with the Debian package that provides it.
+//! built, and named with the Debian package that provides it; and enough
+//! free space where the cell writes.
 
 use std::path::Path;
 
@@ -89,6 +90,39 @@ pub fn check(tools: &[Tool]) -> Result<()> {
     )
 }
 
+/// Free space one cell needs in its output directory: the archive twice,
+/// its extraction (about 50 MB with the module-build files), the kselftest's
+/// own extraction, the initramfs and logs.
+pub const OUT_DIR_NEEDS: u64 = 256 << 20;
+/// Free space one cell needs in the cache when it builds: an unpacked tree
+/// is 1.7 GB, a small kernel's object tree a few hundred MB.
+pub const CACHE_NEEDS: u64 = 2 << 30;
+
+/// Bytes available to this user in the file system holding `path`.
+pub fn free_bytes(path: &Path) -> Result<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statvfs fills the zeroed struct we own from a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        bail!("cannot read the free space of {}: {}", path.display(), std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Fail, naming `path` and what it is for, unless `need` bytes are free there.
+pub fn check_space(path: &Path, what: &str, need: u64) -> Result<()> {
+    let free = free_bytes(path)?;
+    if free < need {
+        bail!(
+            "not enough space for the {what}: {} has {} MiB free, a cell needs up to {} MiB there (disk full? free some space or point {what} elsewhere)",
+            path.display(),
+            free >> 20,
+            need >> 20
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +136,14 @@ mod tests {
         assert!(e.contains("/no/such/file.h (Debian package libnope-dev)"), "{e}");
         assert!(e.contains("apt-get install --no-install-recommends libnope-dev no-such-package"), "{e}");
         assert!(!e.contains("dash"), "{e}");
+    }
+
+    #[test]
+    fn too_little_space_is_named_with_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(free_bytes(d.path()).unwrap() > 0);
+        check_space(d.path(), "output directory", 1).unwrap();
+        let e = check_space(d.path(), "output directory (--out)", u64::MAX).unwrap_err().to_string();
+        assert!(e.contains(&d.path().display().to_string()) && e.contains("MiB free") && e.contains("--out"), "{e}");
     }
 }

@@ -160,3 +160,35 @@ fn sigint_during_a_build_ends_make_and_marks_the_cell_interrupted() {
     assert_eq!(r["status"], "ERROR");
     assert!(r["reason"].as_str().unwrap().contains("interrupted by signal 2"), "{r}");
 }
+
+#[test]
+fn a_full_output_disk_is_named_before_anything_is_built() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    let out = d.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let matrix = d.path().join("configs/matrix.yaml");
+    // A 1 MiB tmpfs as the output directory, mounted in a mount namespace
+    // of the command's own, so that nothing else on the host sees it.
+    let userns: &[&str] = if unsafe { libc::geteuid() } == 0 { &[] } else { &["--map-root-user"] };
+    let o = Command::new("unshare")
+        .args(userns)
+        .args(["--mount", "--propagation", "private", "sh", "-c", r#"mount -t tmpfs -o size=1m khtest-full "$0" && exec "$@""#])
+        .arg(&out)
+        .arg(env!("CARGO_BIN_EXE_khtest"))
+        .args(["--matrix", matrix.to_str().unwrap(), "run", "broken", "--tree"])
+        .arg(d.path().join("tree"))
+        .arg("--out")
+        .arg(&out)
+        .arg("--cache")
+        .arg(d.path().join("cache"))
+        .env("KHTEST_ROOT", env!("CARGO_MANIFEST_DIR").to_owned() + "/..")
+        .output()
+        .expect("unshare (Debian package util-linux)");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(!text.contains("mount:") && !text.contains("unshare:"), "cannot mount a small tmpfs for this test: {text}");
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(text.contains("ERROR broken (in phase preflight)"), "{text}");
+    assert!(text.contains(&format!("{} has 1 MiB free", out.join("broken").display())) || text.contains(&format!("{} has 0 MiB free", out.join("broken").display())), "the error must name the path and its free space: {text}");
+    assert!(!d.path().join("cache/trees").exists(), "nothing may be unpacked or built before the space is checked");
+}
