@@ -286,7 +286,7 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         return Ok(());
     }
     let ko = run.phase("modbuild", |run| {
-        checks::build_testmod(&headers, &kheaders_selftest::testmod_dir(), cell.arch, &run.dir, &run.dir.join("modbuild.log"))
+        checks::build_testmod(&headers, &project.testmod_dir(), cell.arch, &run.dir, &run.dir.join("modbuild.log"))
     })?;
     run.phase("load", |run| {
         guest.push("load", &ko, "/tmp/test.ko").map_err(vm_stop)?;

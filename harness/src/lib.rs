@@ -51,6 +51,12 @@ impl Project {
         self.root.join("selftests/kheaders")
     }
 
+    /// The test module's sources, shared by the kselftest, its Rust port
+    /// and the modbuild phase.
+    pub fn testmod_dir(&self) -> PathBuf {
+        self.selftest_dir().join("testmod")
+    }
+
     pub fn images_dir(&self) -> PathBuf {
         self.root.join("images")
     }
