@@ -61,9 +61,10 @@ impl Figure {
 
 pub struct Options {
     pub reps: usize,
-    /// Also time the whole matrix twice in a cache of its own: cold (an
-    /// empty cache), then warm (nothing to build).
+    /// Also time the whole matrix, twice: the second run must be warm.
     pub matrix: bool,
+    /// Run those two in a private, empty cache: the first is cold.
+    pub cold: bool,
 }
 
 pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Figure>> {
@@ -179,25 +180,50 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
     }
 
     if opts.matrix {
-        // The first round runs in a cache of its own, emptied first, so that
-        // it is really cold (unpack, patch, every kernel built); the second
-        // round, in the same cache, must build nothing. It is removed after.
-        let cold = Settings { cache_dir: s.cache_dir.join("bench-cold"), ..s.clone() };
-        let clear = || std::fs::remove_dir_all(&cold.cache_dir).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) });
-        clear().with_context(|| format!("cannot empty {}", cold.cache_dir.display()))?;
-        for (round, limit) in [("cold (empty cache)", 30.0), ("warm (same cache)", 3.0)] {
-            progress(&format!("bench: the whole matrix, {round}, in {}", cold.cache_dir.display()));
+        // Two rounds in one cache; the second must build nothing. With
+        // `cold`, the cache is a private one, emptied first, so that the
+        // first round is really cold (unpack, patch, every kernel built),
+        // and removed after; else the first round only builds what the
+        // user's cache lacks.
+        let (ms, first) = if opts.cold {
+            (Settings { cache_dir: s.cache_dir.join("bench-cold"), ..s.clone() }, ("cold (empty cache)", Some(30.0)))
+        } else {
+            (s.clone(), ("first (this cache)", None))
+        };
+        let clear = || std::fs::remove_dir_all(&ms.cache_dir).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) });
+        if opts.cold {
+            clear().with_context(|| format!("cannot empty {}", ms.cache_dir.display()))?;
+        }
+        for (round, limit) in [first, ("warm (same cache)", Some(3.0))] {
+            progress(&format!("bench: the whole matrix, {round}, cache {}", ms.cache_dir.display()));
             let t = Instant::now();
-            let reports: Vec<_> = matrix.cells.iter().map(|c| cell::run(project, matrix, c, &cold, &quiet)).collect();
+            let reports: Vec<_> = matrix.cells.iter().map(|c| cell::run(project, matrix, c, &ms, &quiet)).collect();
             let secs = t.elapsed().as_secs_f64();
             let built = reports.iter().filter(|r| r.kernel_built).count();
             let bad: Vec<_> = reports.iter().filter(|r| r.verdict.is_bad()).map(|r| r.cell.as_str()).collect();
             if !bad.is_empty() {
-                bail!("the matrix did not pass ({}), so its time means nothing; the cold cache is kept in {}", bad.join(", "), cold.cache_dir.display());
+                bail!("the matrix did not pass ({}), so its time means nothing", bad.join(", "));
             }
-            figures.push(Figure::new("matrix", format!("whole matrix, {round}: {} cells, {built} kernel(s) built", reports.len()), secs / 60.0, "min").at_most(limit));
+            let f = Figure::new("matrix", format!("whole matrix, {round}: {} cells, {built} kernel(s) built", reports.len()), secs / 60.0, "min");
+            figures.push(match limit {
+                Some(l) => f.at_most(l),
+                None => f,
+            });
+            // Where a round's time goes: the phases summed over its cells.
+            let mut by_phase: Vec<(String, f64)> = Vec::new();
+            for p in reports.iter().flat_map(|r| &r.phases) {
+                match by_phase.iter_mut().find(|(n, _)| *n == p.name) {
+                    Some((_, t)) => *t += p.seconds,
+                    None => by_phase.push((p.name.clone(), p.seconds)),
+                }
+            }
+            for (name, t) in by_phase.into_iter().filter(|(_, t)| *t >= 1.0) {
+                figures.push(Figure::new("matrix", format!("  {round}: phase {name}, all cells"), t / 60.0, "min"));
+            }
         }
-        clear().with_context(|| format!("cannot remove {}", cold.cache_dir.display()))?;
+        if opts.cold {
+            clear().with_context(|| format!("cannot remove {}", ms.cache_dir.display()))?;
+        }
     }
 
     std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&figures)?)?;
