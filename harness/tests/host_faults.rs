@@ -170,7 +170,9 @@ fn a_full_output_disk_is_named_before_anything_is_built() {
     let matrix = d.path().join("configs/matrix.yaml");
     // A 1 MiB tmpfs as the output directory, mounted in a mount namespace
     // of the command's own, so that nothing else on the host sees it.
-    let userns: &[&str] = if unsafe { libc::geteuid() } == 0 { &[] } else { &["--map-root-user"] };
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let userns: &[&str] = if root { &[] } else { &["--map-root-user"] };
     let o = Command::new("unshare")
         .args(userns)
         .args(["--mount", "--propagation", "private", "sh", "-c", r#"mount -t tmpfs -o size=1m khtest-full "$0" && exec "$@""#])
