@@ -116,7 +116,7 @@ pub fn run(project: &Project, matrix: &Matrix, cell: &Cell, settings: &Settings,
 }
 
 fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Settings) -> Result<(), Stop> {
-    run.phase("preflight", |run| {
+    let cache = run.phase("preflight", |run| {
         tools::check(&tools::required(cell)).map_err(error)?;
         if run.dir.exists() {
             std::fs::remove_dir_all(&run.dir).map_err(|e| Verdict::Error(format!("cannot clear {}: {e}", run.dir.display())))?;
@@ -124,10 +124,10 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         std::fs::create_dir_all(&run.dir)
             .map_err(|e| Verdict::Error(format!("cannot create the cell directory {}: {e}", run.dir.display())))?;
         tools::check_space(&run.dir, "output directory (--out)", tools::OUT_DIR_NEEDS).map_err(error)?;
-        std::fs::create_dir_all(&s.cache_dir).map_err(|e| Verdict::Error(format!("cannot create the cache directory {}: {e}", s.cache_dir.display())))?;
-        tools::check_space(&s.cache_dir, "cache (--cache, KHTEST_CACHE)", tools::CACHE_NEEDS).map_err(error)
+        let cache = Cache::open(&s.cache_dir).map_err(error)?;
+        tools::check_space(cache.root(), "cache (--cache, KHTEST_CACHE)", tools::CACHE_NEEDS).map_err(error)?;
+        Ok(cache)
     })?;
-    let cache = Cache::open(&s.cache_dir).map_err(error)?;
     let tree = run.phase("tree", |_| tree::prepare(&cache, &s.source, project, cell.patched).map_err(error))?;
 
     let want = kbuild::requested(cell, &matrix.fragment_paths(cell)).map_err(error)?;
