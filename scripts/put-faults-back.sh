@@ -63,9 +63,9 @@ make_patch()
 	oot)
 		fault_patch oot kernel/gen_kheaders.sh \
 			's/if \[ -n "\${building_out_of_srctree:-}" \] \&\& \[ -d "\${d}" \]; then/if false; then/' \
-			's/^\t\tfind "arch\/\${SRCARCH}\/include\/generated" include\/generated \\$/\t\tfalse \&\& find "arch\/${SRCARCH}\/include\/generated" include\/generated \\/' ;;
+			's/^\tfind "arch\/\${SRCARCH}\/include\/generated" include\/generated \\$/\tfalse \&\& find "arch\/${SRCARCH}\/include\/generated" include\/generated \\/' ;;
 	pristine)
-		fault_patch pristine kernel/gen_kheaders.sh 's/^\t\techo include\/config\/kernel.release$/\t\techo include\/config\/kernel.release\n\t\techo Module.symvers/'
+		fault_patch pristine kernel/gen_kheaders.sh 's/^\techo include\/config\/kernel.release$/\techo include\/config\/kernel.release\n\techo Module.symvers/'
 		fault_patch pristine kernel/Makefile 's/^\$(obj)\/kheaders_data.tar.xz: \$(obj)\/kheaders.list include\/config\/auto.conf FORCE$/$(obj)\/kheaders_data.tar.xz: $(obj)\/kheaders.list include\/config\/auto.conf Module.symvers FORCE/' ;;
 	errors)
 		fault_patch errors kernel/gen_kheaders.sh 's/cpio --quiet -pdmu "\${staging}"$/cpio --quiet -pdmu "${staging}" >\/dev\/null 2>\&1/' ;;
