@@ -55,7 +55,71 @@ pub fn extract_file(archive: &Path, dest: &Path) -> Result<Extracted, ArchiveErr
 }
 
 /// Unpack a `.tar.xz` stream into `dest`, which must not exist yet.
-pub fn extract(xz: impl Read, dest: &Path) -> Result<Extracted, ArchiveError> {
+///
+/// Another thread decompresses, so that decoding overlaps with creating
+/// the files, as with `tar -xJf`, where xz is a second process.
+pub fn extract(xz: impl Read + Send, dest: &Path) -> Result<Extracted, ArchiveError> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        scope.spawn(move || decode(liblzma::read::XzDecoder::new(xz), &tx));
+        // `rx` goes with the unpacker: if it stops early, the decoder's
+        // next send fails and its thread ends.
+        unpack(Chunks { rx, chunk: Vec::new(), pos: 0 }, dest)
+    })
+}
+
+/// Decompressed data, a chunk at a time, or the error that ended it.
+type Chunk = std::io::Result<Vec<u8>>;
+
+/// Send what `reader` gives in chunks of 1 MiB, until its end, its first
+/// error or until nobody receives.
+fn decode(mut reader: impl Read, tx: &std::sync::mpsc::SyncSender<Chunk>) {
+    loop {
+        let mut chunk = vec![0u8; 1 << 20];
+        let got = match reader.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        chunk.truncate(got);
+        if tx.send(Ok(chunk)).is_err() {
+            return;
+        }
+    }
+}
+
+/// The receiving end of [`decode`], as a reader.
+struct Chunks {
+    rx: std::sync::mpsc::Receiver<Chunk>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for Chunks {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.chunk = chunk?;
+                    self.pos = 0;
+                }
+                // The decoder ended without an error: end of the stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.chunk.len() - self.pos);
+        out[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Unpack a tar stream into `dest`, which must not exist yet.
+fn unpack(stream: impl Read, dest: &Path) -> Result<Extracted, ArchiveError> {
     if dest.exists() {
         return Err(ArchiveError::Io {
             path: dest.to_owned(),
@@ -74,7 +138,7 @@ pub fn extract(xz: impl Read, dest: &Path) -> Result<Extracted, ArchiveError> {
         .tempdir_in(parent)
         .map_err(io_err(parent))?;
 
-    let mut tar = tar::Archive::new(liblzma::read::XzDecoder::new(xz));
+    let mut tar = tar::Archive::new(stream);
     tar.set_preserve_permissions(true);
     tar.set_preserve_mtime(true);
     tar.set_unpack_xattrs(false);
@@ -310,6 +374,18 @@ mod tests {
             assert!(!d.exists());
             assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
         }
+    }
+
+    #[test]
+    fn entries_larger_than_the_decoders_chunks_arrive_intact() {
+        // 1.5 MiB each, not a multiple of the 1 MiB chunks, all different.
+        let body = |seed: u32| -> Vec<u8> { (0..1_572_869u32).map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8).collect() };
+        let (a, b, c) = (body(1), body(2), body(3));
+        let data = txz(&[("a", EntryType::Regular, &a, None), ("b", EntryType::Regular, &b, None), ("c", EntryType::Regular, &c, None)]);
+        let (_t, d) = dest();
+        let got = extract(&data[..], &d).unwrap();
+        assert_eq!((got.files, got.bytes), (3, 3 * 1_572_869));
+        assert!(std::fs::read(d.join("a")).unwrap() == a && std::fs::read(d.join("b")).unwrap() == b && std::fs::read(d.join("c")).unwrap() == c);
     }
 
     #[test]
