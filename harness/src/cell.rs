@@ -1,7 +1,9 @@
-//! One cell through every stage: tree → configure → build → image → boot →
-//! pull → extract → checks → module build → load. Each phase is timed; the
-//! first phase that fails stops the cell with FAIL (the kernel's fault) or
-//! ERROR (the harness's or the host's).
+//! One cell through every stage: tree → configure → build → rebuild →
+//! regen → image, then three lanes at once: the guest (boot → pull → load),
+//! the module lane (extract → modbuild → bpf) and the selftest lane
+//! (from-image → kselftest). Each phase is timed; the first phase that
+//! fails (in the README's order, across lanes) stops the cell with FAIL
+//! (the kernel's fault) or ERROR (the harness's or the host's).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -47,30 +49,41 @@ fn vm_stop(e: VmError) -> Stop {
     }
 }
 
+/// Where progress lines go; lanes report from their own threads.
+pub type Progress<'a> = &'a (dyn Fn(&str) + Sync);
+
 /// A cell in progress: its directory, the phase clock and the checks so far.
 struct Run<'a> {
     dir: PathBuf,
     phases: Vec<Phase>,
     checks: Vec<Check>,
     current: Option<String>,
-    progress: &'a dyn Fn(&str),
+    progress: Progress<'a>,
     name: String,
     kernel_built: bool,
     retries: Vec<String>,
+    /// When the cell started; phases record their start from it.
+    t0: Instant,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
     /// Time `f` as phase `name`.
     fn phase<T>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<T, Stop>) -> Result<T, Stop> {
         (self.progress)(&format!("{}: {name}", self.name));
         self.current = Some(name.to_owned());
         let t = Instant::now();
         let r = f(self);
-        self.phases.push(Phase { name: name.to_owned(), seconds: t.elapsed().as_secs_f64() });
+        let start = t.duration_since(self.t0).as_secs_f64();
+        self.phases.push(Phase { name: name.to_owned(), start, seconds: t.elapsed().as_secs_f64() });
         if r.is_ok() {
             self.current = None;
         }
         r
+    }
+
+    /// An empty run on the same clock, for phases run on another thread.
+    fn lane(&self) -> Run<'a> {
+        Run { phases: Vec::new(), checks: Vec::new(), current: None, kernel_built: false, retries: Vec::new(), name: self.name.clone(), dir: self.dir.clone(), ..*self }
     }
 
     /// Record a check; a non-passing one stops the cell.
@@ -84,9 +97,9 @@ impl Run<'_> {
 }
 
 /// Run `cell` and report; never panics on a cell's failure.
-pub fn run(project: &Project, matrix: &Matrix, cell: &Cell, settings: &Settings, progress: &dyn Fn(&str)) -> CellReport {
+pub fn run(project: &Project, matrix: &Matrix, cell: &Cell, settings: &Settings, progress: Progress) -> CellReport {
     let dir = cell_dir(&settings.out_dir, &cell.name);
-    let mut run = Run { dir: dir.clone(), phases: Vec::new(), checks: Vec::new(), current: None, progress, name: cell.name.clone(), kernel_built: false, retries: Vec::new() };
+    let mut run = Run { dir: dir.clone(), phases: Vec::new(), checks: Vec::new(), current: None, progress, name: cell.name.clone(), kernel_built: false, retries: Vec::new(), t0: Instant::now() };
     let mut verdict = match steps(&mut run, project, matrix, cell, settings) {
         Ok(()) => Verdict::Pass,
         Err(v) => v,
@@ -188,28 +201,8 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
             Ok(())
         })?;
     }
-    run.phase("from-image", |run| {
-        // Without booting: out of kheaders.ko for =m, else out of vmlinux
-        // and out of the (compressed) boot image.
-        let sources = match &artifacts.kheaders_ko {
-            Some(ko) => vec![ko.clone()],
-            None => vec![build.obj.join("vmlinux"), artifacts.kernel_image.clone()],
-        };
-        let built = std::fs::read(&artifacts.archive).map_err(|e| error(e.into()))?;
-        for src in sources {
-            let name = src.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            let v = match extract::from_file(&src) {
-                Ok(f) if f.archive == built => Verdict::Pass,
-                Ok(f) => Verdict::Fail(format!("{name}: found {} bytes at offset {}, not the build's archive", f.archive.len(), f.offset)),
-                Err(e) => Verdict::Fail(format!("{e:#}")),
-            };
-            run.check(&format!("khtest extract {name} gives the build's archive"), v)?;
-        }
-        Ok(())
-    })?;
     let initrd = run.dir.join("initramfs.cpio");
     run.phase("image", |_| image::make(&project.images_dir(), cell.arch, artifacts.kheaders_ko.as_slice(), &initrd).map_err(error))?;
-
     let spec = Spec {
         arch: cell.arch,
         kernel: artifacts.kernel_image.clone(),
@@ -218,12 +211,71 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         memory_mib: 512,
         timeouts: s.timeouts,
     };
-    let mut guest = run.phase("boot", |run| boot_retrying_once(&spec, &mut run.retries))?;
+
+    // The host's checks only need the build's archive (the pull proves the
+    // guest serves the same bytes), so they run while the guest boots, in
+    // two lanes: unpack and build the test module, which the load waits
+    // for; and the kselftest, which unpacks and builds on its own.
+    let built = run.dir.join("kheaders_data.tar.xz");
+    let (ko_tx, ko_rx) = std::sync::mpsc::channel();
+    let host = Host { project, cell, s, tree: &tree, build: &build, artifacts: &artifacts, built: &built };
+    std::thread::scope(|scope| {
+        let mut lane = run.lane();
+        let modbuild = scope.spawn(move || {
+            let r = host.modbuild_lane(&mut lane, ko_tx);
+            (lane, r)
+        });
+        let mut lane = run.lane();
+        let selftest = scope.spawn(move || {
+            let r = host.selftest_lane(&mut lane);
+            (lane, r)
+        });
+        let guest = guest_lane(run, cell, s, &spec, &built, artifacts.kheaders_ko.is_some()).and_then(|mut guest| {
+            // No module comes if the lane stopped or the archive has
+            // headers only: the lane's own result says which.
+            let r = match ko_rx.recv() {
+                Ok(ko) => run.phase("load", |run| load(run, &mut guest, &ko, cell, s)),
+                Err(_) => Ok(()),
+            };
+            guest.shutdown();
+            r
+        });
+        let mut stops = vec![(run.current.clone(), guest)];
+        for lane in [modbuild, selftest] {
+            let (lane, r) = lane.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            stops.push((lane.current.clone(), r));
+            run.phases.extend(lane.phases);
+            run.checks.extend(lane.checks);
+        }
+        run.phases.sort_by(|a, b| a.start.total_cmp(&b.start));
+        match first_stop(stops) {
+            Some((phase, v)) => {
+                run.current = phase;
+                Err(v)
+            }
+            None => Ok(()),
+        }
+    })
+}
+
+/// Of the lanes' results (each with the phase it stopped in), the stop
+/// that comes first in the README's order of the phases: the verdict the
+/// cell would have had with the lanes run one after the other.
+fn first_stop(stops: Vec<(Option<String>, Result<(), Stop>)>) -> Option<(Option<String>, Stop)> {
+    const FLOW: &[&str] = &["from-image", "boot", "pull", "extract", "bpf", "kselftest", "modbuild", "load"];
+    let rank = |phase: &Option<String>| phase.as_deref().and_then(|p| FLOW.iter().position(|f| *f == p)).unwrap_or(FLOW.len());
+    stops.into_iter().filter_map(|(phase, r)| r.err().map(|v| (phase, v))).min_by_key(|(phase, _)| rank(phase))
+}
+
+/// Boot the guest and pull its archive, which must be `built`'s bytes
+/// (with `ko`, only while kheaders.ko is loaded).
+fn guest_lane(run: &mut Run, cell: &Cell, s: &Settings, spec: &Spec, built: &Path, ko: bool) -> Result<Guest, Stop> {
+    let mut guest = run.phase("boot", |run| boot_retrying_once(spec, &mut run.retries))?;
     let pulled = run.dir.join("kheaders.tar.xz");
     run.phase("pull", |run| {
         let paths = archive_paths(cell);
-        let built_size = std::fs::metadata(&artifacts.archive).map(|m| m.len()).map_err(|e| error(e.into()))?;
-        if artifacts.kheaders_ko.is_some() {
+        let built_size = std::fs::metadata(built).map(|m| m.len()).map_err(|e| error(e.into()))?;
+        if ko {
             let before = served(&mut guest, &paths, s.timeouts.command)?;
             run.check("no archive before kheaders.ko is loaded", checks::served_sizes(&before, &[], 0))?;
             let insmod = format!("insmod {}/kheaders.ko", image::MODULES_DIR);
@@ -235,8 +287,8 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         let sizes = served(&mut guest, &paths, s.timeouts.command)?;
         run.check("archive served with its size", checks::served_sizes(&sizes, &paths, built_size))?;
         guest.pull("pull", paths.last().expect("one path at least"), &pulled).map_err(vm_stop)?;
-        run.check("pulled archive is the build's archive", checks::same_bytes(&pulled, &artifacts.archive))?;
-        if artifacts.kheaders_ko.is_some() {
+        run.check("pulled archive is the build's archive", checks::same_bytes(&pulled, built))?;
+        if ko {
             let out = guest.run("pull", "rmmod kheaders", s.timeouts.command).map_err(vm_stop)?;
             if out.status != 0 {
                 return run.check("kheaders.ko unloads", Verdict::Fail(format!("rmmod kheaders exited {}:\n{}", out.status, out.text)));
@@ -246,69 +298,117 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         }
         Ok(())
     })?;
-    let headers = run.dir.join("headers");
-    run.phase("extract", |run| {
-        let x = checks::extract(&pulled, &headers)?;
-        tracing::info!("{}: {} files, {} bytes unpacked", cell.name, x.files, x.bytes);
-        run.check("archive contents", checks::contents(&headers, cell.modbuild))?;
-        run.check("SPDX lines kept", checks::spdx_kept(&headers, &[&build.obj, &tree.path]))
-    })?;
-    run.phase("bpf", |run| {
-        let work = run.dir.join("bpf");
-        std::fs::create_dir_all(&work).map_err(|e| error(e.into()))?;
-        let v = bpf::compile(&bpf::program(&project.root), &headers, cell.arch, &work, &run.dir.join("bpf.log"));
-        run.check("an eBPF kprobe program compiles against the headers", v)
-    })?;
-    run.phase("kselftest", |run| {
-        let log = run.dir.join("kselftest.log");
-        let obj = run.dir.join("kselftest");
-        let mut make = std::process::Command::new("make");
-        make.arg("-C")
-            .arg(tree.path.join("tools/testing/selftests"))
-            .arg(format!("O={}", obj.display()))
-            .args(["TARGETS=kheaders", "run_tests"])
-            .env("KHEADERS_ARCHIVE", &pulled);
-        if !cell.arch.is_host() {
-            make.env("ARCH", cell.arch.kernel_arch()).env("CROSS_COMPILE", cell.arch.cross_compile());
-        }
-        crate::process::run_logged(&mut make, &log, s.timeouts.command * 5).map_err(error)?;
-        let text = std::fs::read_to_string(&log).map_err(|e| error(e.into()))?;
-        let v = checks::kselftest_tap(&text, "kheaders: run_kheaders_modbuild.sh");
-        let v = match v {
-            Verdict::Fail(r) => Verdict::Fail(format!("{r} (log: {})", log.display())),
-            v => v,
-        };
-        run.check("kselftest kheaders (make run_tests)", v)
-    })?;
-    if !cell.modbuild {
-        run.checks.push(Check { name: "module build".into(), verdict: Verdict::Skip("the archive has headers only".into()) });
-        guest.shutdown();
-        return Ok(());
+    Ok(guest)
+}
+
+/// Load and unload the test module in the guest.
+fn load(run: &mut Run, guest: &mut Guest, ko: &Path, cell: &Cell, s: &Settings) -> Result<(), Stop> {
+    guest.push("load", ko, "/tmp/test.ko").map_err(vm_stop)?;
+    if cell.module_load == ModuleLoad::RefusedNoVersions {
+        let out = guest
+            .run("load", "dmesg -c >/dev/null; insmod /tmp/test.ko 2>&1; st=$?; dmesg; exit $st", s.timeouts.command)
+            .map_err(vm_stop)?;
+        return run.check("test.ko refused: it has no symbol versions", checks::refused_without_versions(out.status, &out.text));
     }
-    let ko = run.phase("modbuild", |run| {
-        checks::build_testmod(&headers, &project.testmod_dir(), cell.arch, &run.dir, &run.dir.join("modbuild.log"))
-    })?;
-    run.phase("load", |run| {
-        guest.push("load", &ko, "/tmp/test.ko").map_err(vm_stop)?;
-        if cell.module_load == ModuleLoad::RefusedNoVersions {
-            let out = guest
-                .run("load", "dmesg -c >/dev/null; insmod /tmp/test.ko 2>&1; st=$?; dmesg; exit $st", s.timeouts.command)
-                .map_err(vm_stop)?;
-            return run.check("test.ko refused: it has no symbol versions", checks::refused_without_versions(out.status, &out.text));
+    let out = guest.run("load", "dmesg -c >/dev/null; insmod /tmp/test.ko && dmesg", s.timeouts.command).map_err(vm_stop)?;
+    if out.status != 0 {
+        return run.check("test.ko loads", Verdict::Fail(format!("insmod test.ko exited {}:\n{}", out.status, out.text)));
+    }
+    run.check("test.ko loads", checks::kernel_log_has("insmod", &out.text, checks::HELLO))?;
+    let out = guest.run("load", "dmesg -c >/dev/null; rmmod test && dmesg", s.timeouts.command).map_err(vm_stop)?;
+    if out.status != 0 {
+        return run.check("test.ko unloads", Verdict::Fail(format!("rmmod test exited {}:\n{}", out.status, out.text)));
+    }
+    run.check("test.ko unloads", checks::kernel_log_has("rmmod", &out.text, checks::GOODBYE))
+}
+
+/// What the host lanes read: all of it finished before they start.
+#[derive(Clone, Copy)]
+struct Host<'a> {
+    project: &'a Project,
+    cell: &'a Cell,
+    s: &'a Settings,
+    tree: &'a tree::Tree,
+    build: &'a Build,
+    artifacts: &'a kbuild::Artifacts,
+    /// The cell's copy of the build's archive.
+    built: &'a Path,
+}
+
+impl Host<'_> {
+    /// Unpack the archive, check it, build the test module (sent to the
+    /// guest lane as soon as it is built), then compile the eBPF program.
+    fn modbuild_lane(&self, run: &mut Run, ko_tx: std::sync::mpsc::Sender<PathBuf>) -> Result<(), Stop> {
+        let (cell, headers) = (self.cell, run.dir.join("headers"));
+        run.phase("extract", |run| {
+            let x = checks::extract(self.built, &headers)?;
+            tracing::info!("{}: {} files, {} bytes unpacked", cell.name, x.files, x.bytes);
+            run.check("archive contents", checks::contents(&headers, cell.modbuild))?;
+            run.check("SPDX lines kept", checks::spdx_kept(&headers, &[&self.build.obj, &self.tree.path]))
+        })?;
+        if cell.modbuild {
+            let ko = run.phase("modbuild", |run| {
+                checks::build_testmod(&headers, &self.project.testmod_dir(), cell.arch, &run.dir, &run.dir.join("modbuild.log"))
+            })?;
+            // The guest lane may have stopped already: then nobody waits.
+            let _ = ko_tx.send(ko);
+        } else {
+            drop(ko_tx);
+            run.checks.push(Check { name: "module build".into(), verdict: Verdict::Skip("the archive has headers only".into()) });
         }
-        let out = guest.run("load", "dmesg -c >/dev/null; insmod /tmp/test.ko && dmesg", s.timeouts.command).map_err(vm_stop)?;
-        if out.status != 0 {
-            return run.check("test.ko loads", Verdict::Fail(format!("insmod test.ko exited {}:\n{}", out.status, out.text)));
-        }
-        run.check("test.ko loads", checks::kernel_log_has("insmod", &out.text, checks::HELLO))?;
-        let out = guest.run("load", "dmesg -c >/dev/null; rmmod test && dmesg", s.timeouts.command).map_err(vm_stop)?;
-        if out.status != 0 {
-            return run.check("test.ko unloads", Verdict::Fail(format!("rmmod test exited {}:\n{}", out.status, out.text)));
-        }
-        run.check("test.ko unloads", checks::kernel_log_has("rmmod", &out.text, checks::GOODBYE))
-    })?;
-    guest.shutdown();
-    Ok(())
+        run.phase("bpf", |run| {
+            let work = run.dir.join("bpf");
+            std::fs::create_dir_all(&work).map_err(|e| error(e.into()))?;
+            let v = bpf::compile(&bpf::program(&self.project.root), &headers, cell.arch, &work, &run.dir.join("bpf.log"));
+            run.check("an eBPF kprobe program compiles against the headers", v)
+        })
+    }
+
+    /// The archive out of the kernel files without booting, then the
+    /// kselftest as `make run_tests` runs it.
+    fn selftest_lane(&self, run: &mut Run) -> Result<(), Stop> {
+        let (cell, s) = (self.cell, self.s);
+        run.phase("from-image", |run| {
+            // Out of kheaders.ko for =m, else out of vmlinux and out of the
+            // (compressed) boot image.
+            let sources = match &self.artifacts.kheaders_ko {
+                Some(ko) => vec![ko.clone()],
+                None => vec![self.build.obj.join("vmlinux"), self.artifacts.kernel_image.clone()],
+            };
+            let built = std::fs::read(self.built).map_err(|e| error(e.into()))?;
+            for src in sources {
+                let name = src.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                let v = match extract::from_file(&src) {
+                    Ok(f) if f.archive == built => Verdict::Pass,
+                    Ok(f) => Verdict::Fail(format!("{name}: found {} bytes at offset {}, not the build's archive", f.archive.len(), f.offset)),
+                    Err(e) => Verdict::Fail(format!("{e:#}")),
+                };
+                run.check(&format!("khtest extract {name} gives the build's archive"), v)?;
+            }
+            Ok(())
+        })?;
+        run.phase("kselftest", |run| {
+            let log = run.dir.join("kselftest.log");
+            let obj = run.dir.join("kselftest");
+            let mut make = std::process::Command::new("make");
+            make.arg("-C")
+                .arg(self.tree.path.join("tools/testing/selftests"))
+                .arg(format!("O={}", obj.display()))
+                .args(["TARGETS=kheaders", "run_tests"])
+                .env("KHEADERS_ARCHIVE", self.built);
+            if !cell.arch.is_host() {
+                make.env("ARCH", cell.arch.kernel_arch()).env("CROSS_COMPILE", cell.arch.cross_compile());
+            }
+            crate::process::run_logged(&mut make, &log, s.timeouts.command * 5).map_err(error)?;
+            let text = std::fs::read_to_string(&log).map_err(|e| error(e.into()))?;
+            let v = checks::kselftest_tap(&text, "kheaders: run_kheaders_modbuild.sh");
+            let v = match v {
+                Verdict::Fail(r) => Verdict::Fail(format!("{r} (log: {})", log.display())),
+                v => v,
+            };
+            run.check("kselftest kheaders (make run_tests)", v)
+        })
+    }
 }
 
 /// A cell's kernel, up to date in the cache, and the files read from it.
@@ -397,5 +497,18 @@ mod tests {
         assert!(matches!(vm_stop(crash), Verdict::Fail(m) if m.contains("Kernel panic")));
         let hang = VmError::Timeout { phase: "pull".into(), limit: Duration::from_secs(5), log: "console.log".into() };
         assert!(matches!(vm_stop(hang), Verdict::Error(m) if m.contains("during pull")));
+    }
+
+    #[test]
+    fn of_several_lanes_stopping_the_first_phase_in_flow_order_is_the_verdict() {
+        let stop = |phase: &str, why: &str| (Some(phase.to_owned()), Err(Verdict::Fail(why.into())));
+        let ok = || (None, Ok(()));
+        assert!(first_stop(vec![ok(), ok(), ok()]).is_none());
+        let got = first_stop(vec![ok(), stop("modbuild", "no .ko"), stop("kselftest", "not ok 3")]).unwrap();
+        assert_eq!(got, (Some("kselftest".into()), Verdict::Fail("not ok 3".into())));
+        let got = first_stop(vec![stop("pull", "not the build's archive"), stop("extract", "SPDX lost"), ok()]).unwrap();
+        assert_eq!(got.0.as_deref(), Some("pull"));
+        let got = first_stop(vec![stop("load", "no Hello"), ok(), stop("from-image", "no archive in vmlinux")]).unwrap();
+        assert_eq!(got.0.as_deref(), Some("from-image"));
     }
 }
