@@ -173,12 +173,14 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         copy(&build.obj.join(".config"), &run.dir.join("config"))?;
         Ok(got)
     })?;
+    // The cell's copy of the build's archive: every later check reads it.
+    let built = run.dir.join("kheaders_data.tar.xz");
     let artifacts = run.phase("build", |run| {
         let image = build.kernel_image();
         let before = std::fs::metadata(&image).and_then(|m| m.modified()).ok();
         let a = build.build(&config, &build_log, s.build_limit).map_err(error)?;
         run.kernel_built = before != std::fs::metadata(&image).and_then(|m| m.modified()).ok();
-        copy(&a.archive, &run.dir.join("kheaders_data.tar.xz"))?;
+        copy(&a.archive, &built)?;
         Ok(a)
     })?;
     run.phase("rebuild", |run| {
@@ -216,7 +218,6 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     // guest serves the same bytes), so they run while the guest boots, in
     // two lanes: unpack and build the test module, which the load waits
     // for; and the kselftest, which unpacks and builds on its own.
-    let built = run.dir.join("kheaders_data.tar.xz");
     let (ko_tx, ko_rx) = std::sync::mpsc::channel();
     let host = Host { project, cell, s, tree: &tree, build: &build, artifacts: &artifacts, built: &built };
     std::thread::scope(|scope| {
