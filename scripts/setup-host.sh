@@ -5,7 +5,7 @@ set -eu
 
 packages="
 	linux-source-6.12
-	make gcc libc6-dev flex bison bc perl cpio xz-utils tar patch kmod rsync
+	make gcc libc6-dev flex bison bc perl cpio xz-utils tar patch kmod rsync ccache
 	libelf-dev libssl-dev
 	qemu-system-x86 busybox-static
 	gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-system-arm

@@ -144,11 +144,13 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     let tree = run.phase("tree", |_| tree::prepare(&cache, &s.source, project, cell.patched).map_err(error))?;
 
     let want = kbuild::requested(cell, &matrix.fragment_paths(cell)).map_err(error)?;
-    let build_key = build_key(&tree.key, cell, &want);
+    let toolchain = tools::toolchain_key(cell.arch).map_err(error)?;
+    let build_key = build_key(&tree.key, &toolchain, cell, &want);
+    let ccache = Some(cache.root().join("ccache"));
     let _build_lock = cache.lock(&format!("build-{build_key}")).map_err(error)?;
     let build_log = run.dir.join("build.log");
     let build = match cell.build {
-        BuildKind::OutOfTree => Build { arch: cell.arch, src: tree.path.clone(), obj: cache.root().join("builds").join(&build_key), kind: cell.build },
+        BuildKind::OutOfTree => Build { arch: cell.arch, src: tree.path.clone(), obj: cache.root().join("builds").join(&build_key), kind: cell.build, ccache },
         // The cell's own copy of the tree, `make mrproper`ed: the first
         // build of every new tree, series or config starts pristine, which
         // is when the 2019 circular dependency would show.
@@ -157,11 +159,11 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
                 cache
                     .get_or_make("intree", &build_key, |dir| {
                         tree::copy_tree(&tree.path, dir)?;
-                        Build { arch: cell.arch, src: dir.to_owned(), obj: dir.to_owned(), kind: cell.build }.mrproper(&build_log)
+                        Build { arch: cell.arch, src: dir.to_owned(), obj: dir.to_owned(), kind: cell.build, ccache: None }.mrproper(&build_log)
                     })
                     .map_err(error)
             })?;
-            Build { arch: cell.arch, src: dir.clone(), obj: dir, kind: cell.build }
+            Build { arch: cell.arch, src: dir.clone(), obj: dir, kind: cell.build, ccache }
         }
     };
 
@@ -431,19 +433,26 @@ pub fn build_only(project: &Project, matrix: &Matrix, cell: &Cell, s: &Settings,
         Some(w) => w,
         None => kbuild::requested(cell, &matrix.fragment_paths(cell))?,
     };
-    let key = build_key(&tree.key, cell, &want);
+    let key = build_key(&tree.key, &tools::toolchain_key(cell.arch)?, cell, &want);
     let _lock = cache.lock(&format!("build-{key}"))?;
-    let build = Build { arch: cell.arch, src: tree.path.clone(), obj: cache.root().join("builds").join(&key), kind: cell.build };
+    let build = Build {
+        arch: cell.arch,
+        src: tree.path.clone(),
+        obj: cache.root().join("builds").join(&key),
+        kind: cell.build,
+        ccache: Some(cache.root().join("ccache")),
+    };
     build.configure(&want, log)?;
     build.rebuild(log, s.build_limit)?;
-    Ok(Built { archive: build.obj.join("kernel/kheaders_data.tar.xz"), kernel_image: build.kernel_image(), build })
+    Ok(Built { archive: build.archive(), kernel_image: build.kernel_image(), build })
 }
 
-/// The cache key of a cell's build: the tree, the arch, the kind of build
-/// and every requested option.
-pub fn build_key(tree_key: &str, cell: &Cell, want: &kbuild::Config) -> String {
+/// The cache key of a cell's build: the tree, the toolchain, the arch, the
+/// kind of build and every requested option.
+pub fn build_key(tree_key: &str, toolchain_key: &str, cell: &Cell, want: &kbuild::Config) -> String {
     key(&[
         tree_key.as_bytes(),
+        toolchain_key.as_bytes(),
         cell.arch.kernel_arch().as_bytes(),
         format!("{:?}", cell.build).as_bytes(),
         kbuild::merge("", want).as_bytes(),

@@ -27,6 +27,8 @@ pub struct Build {
     /// The object tree: `O=` for out-of-tree builds, else `src` itself.
     pub obj: PathBuf,
     pub kind: BuildKind,
+    /// Compile through ccache with this cache directory.
+    pub ccache: Option<PathBuf>,
 }
 
 /// Requested options that the final `.config` does not have.
@@ -151,6 +153,11 @@ impl Build {
         if !cross.is_empty() {
             cmd.arg(format!("CROSS_COMPILE={cross}"));
         }
+        // As tuxmake's ccache wrapper does. `$(CC) --version` still names
+        // the compiler, so CONFIG_CC_VERSION_TEXT does not change.
+        if let Some(dir) = &self.ccache {
+            cmd.arg(format!("CC=ccache {cross}gcc")).arg("HOSTCC=ccache gcc").env("CCACHE_DIR", dir);
+        }
         cmd.env("KBUILD_BUILD_USER", "khtest")
             .env("KBUILD_BUILD_HOST", "khtest")
             .env("KBUILD_BUILD_TIMESTAMP", BUILD_TIMESTAMP.0);
@@ -185,6 +192,11 @@ impl Build {
         Ok(got)
     }
 
+    /// The headers archive the build makes.
+    pub fn archive(&self) -> PathBuf {
+        self.obj.join("kernel/kheaders_data.tar.xz")
+    }
+
     /// The kernel image QEMU boots.
     pub fn kernel_image(&self) -> PathBuf {
         self.obj.join(match self.arch {
@@ -199,7 +211,7 @@ impl Build {
         let module = config.get("CONFIG_IKHEADERS").is_some_and(|v| v == "m");
         let a = Artifacts {
             kernel_image: self.kernel_image(),
-            archive: self.obj.join("kernel/kheaders_data.tar.xz"),
+            archive: self.archive(),
             kheaders_ko: module.then(|| self.obj.join("kernel/kheaders.ko")),
         };
         for p in [Some(&a.kernel_image), Some(&a.archive), a.kheaders_ko.as_ref()].into_iter().flatten() {
@@ -226,7 +238,7 @@ impl Build {
         let mut cmd = self.make();
         cmd.env("KBUILD_BUILD_TIMESTAMP", timestamp);
         self.run_make(cmd, &[&format!("-j{}", jobs()), "kernel/kheaders.o"], log, limit)?;
-        Ok(self.obj.join("kernel/kheaders_data.tar.xz"))
+        Ok(self.archive())
     }
 
     fn make_target(&self, args: &[&str], log: &Path, limit: Duration) -> Result<()> {

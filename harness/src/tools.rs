@@ -33,6 +33,9 @@ pub fn required(cell: &Cell) -> Vec<Tool> {
         tool("xz", "xz-utils"),
         tool("tar", "tar"),
         tool("patch", "patch"),
+        // Kernel builds compile through it: cells with the same tree share
+        // every object their configurations do not change.
+        tool("ccache", "ccache"),
         tool("/usr/include/libelf.h", "libelf-dev"),
         tool("/usr/include/openssl/ssl.h", "libssl-dev"),
         // The eBPF check compiles the way BCC and samples/bpf do.
@@ -90,6 +93,36 @@ pub fn check(tools: &[Tool]) -> Result<()> {
     )
 }
 
+/// The host programs whose output a kernel build and its archive depend
+/// on: the compiler and binutils for `arch`, the host compiler (it builds
+/// the archived host programs), make and the archive's tools.
+fn toolchain(arch: Arch) -> Vec<String> {
+    let cross = arch.cross_compile();
+    let mut t: Vec<String> = vec![format!("{cross}gcc"), format!("{cross}ld")];
+    t.extend(["gcc", "ld", "strip", "make", "perl", "cpio", "tar", "xz"].map(String::from));
+    t.dedup();
+    t
+}
+
+/// A key for the toolchain of `arch`: its programs' `--version` output. Part
+/// of every build's cache key, so that a new compiler builds afresh.
+pub fn toolchain_key(arch: Arch) -> Result<String> {
+    let mut parts = Vec::new();
+    for prog in toolchain(arch) {
+        let out = std::process::Command::new(&prog)
+            .arg("--version")
+            .output()
+            .map_err(|e| anyhow::anyhow!("cannot run `{prog} --version`: {e}"))?;
+        if !out.status.success() {
+            bail!("`{prog} --version` failed ({})", out.status);
+        }
+        parts.push(prog.into_bytes());
+        parts.push(out.stdout);
+    }
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    Ok(crate::cache::key(&refs))
+}
+
 /// Free space one cell needs in its output directory: the archive twice,
 /// its extraction (about 50 MB with the module-build files), the kselftest's
 /// own extraction, the initramfs and logs.
@@ -136,6 +169,13 @@ mod tests {
         assert!(e.contains("/no/such/file.h (Debian package libnope-dev)"), "{e}");
         assert!(e.contains("apt-get install --no-install-recommends libnope-dev no-such-package"), "{e}");
         assert!(!e.contains("dash"), "{e}");
+    }
+
+    #[test]
+    fn the_toolchain_key_is_stable_and_per_arch() {
+        let x = toolchain_key(Arch::X86_64).unwrap();
+        assert_eq!(x, toolchain_key(Arch::X86_64).unwrap());
+        assert!(toolchain(Arch::Arm64).iter().any(|p| p.ends_with("gcc") && p != "gcc"));
     }
 
     #[test]
