@@ -136,6 +136,8 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         }
         std::fs::create_dir_all(&run.dir)
             .map_err(|e| Verdict::Error(format!("cannot create the cell directory {}: {e}", run.dir.display())))?;
+        // The unpacked trees and the kselftest's temporary one go here.
+        crate::scratch::spread_new_subdirs(&run.dir);
         tools::check_space(&run.dir, "output directory (--out)", tools::OUT_DIR_NEEDS).map_err(error)?;
         let cache = Cache::open(&s.cache_dir).map_err(error)?;
         tools::check_space(cache.root(), "cache (--cache, KHTEST_CACHE)", tools::CACHE_NEEDS).map_err(error)?;
@@ -398,7 +400,9 @@ impl Host<'_> {
                 .arg(self.tree.path.join("tools/testing/selftests"))
                 .arg(format!("O={}", obj.display()))
                 .args(["TARGETS=kheaders", "run_tests"])
-                .env("KHEADERS_ARCHIVE", self.built);
+                .env("KHEADERS_ARCHIVE", self.built)
+                // Its `mktemp -d` tree goes where unpacking is fast (scratch.rs).
+                .env("TMPDIR", &run.dir);
             if !cell.arch.is_host() {
                 make.env("ARCH", cell.arch.kernel_arch()).env("CROSS_COMPILE", cell.arch.cross_compile());
             }

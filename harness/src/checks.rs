@@ -88,10 +88,9 @@ pub fn noop_rebuild(before: &Snapshot, after: &Snapshot, rebuild_log: &str, quie
 
 /// Unpack `archive` into `dest` (replacing what was there).
 pub fn extract(archive_path: &Path, dest: &Path) -> Result<archive::Extracted, Verdict> {
-    if dest.exists() {
-        std::fs::remove_dir_all(dest).map_err(|e| Verdict::Error(format!("cannot remove {}: {e}", dest.display())))?;
-    }
-    archive::extract_file(archive_path, dest).map_err(|e| match e {
+    let unpacked = crate::scratch::replace_tree(dest, |tree| archive::extract_file(archive_path, tree))
+        .map_err(|e| Verdict::Error(format!("{e:#}")))?;
+    unpacked.map_err(|e| match e {
         archive::ArchiveError::Io { .. } => Verdict::Error(e.to_string()),
         _ => Verdict::Fail(format!("{}: {e}", archive_path.display())),
     })

@@ -6,7 +6,8 @@
 //! boots and drives the guest, [`checks`] judges what came out of it, and
 //! [`report`] says what happened. [`bpf`] compiles an eBPF program against
 //! the headers; [`regen`] drives the archive's build rules
-//! in a scratch object tree. [`cell`] runs one cell through all of them.
+//! in a scratch object tree. [`cell`] runs one cell through all of them;
+//! [`scratch`] places the trees of thousands of files they unpack.
 
 pub mod bench;
 pub mod bpf;
@@ -20,6 +21,7 @@ pub mod matrix;
 pub mod process;
 pub mod regen;
 pub mod report;
+pub mod scratch;
 pub mod tools;
 pub mod tree;
 pub mod vm;
