@@ -33,6 +33,8 @@ pub struct Settings {
     pub keep: bool,
     /// The command that reruns one cell, with `{cell}` for its name.
     pub rerun: String,
+    /// Run the checks whose passing outcome is cached (regen) again.
+    pub fresh: bool,
 }
 
 /// A phase's way of stopping the cell.
@@ -179,28 +181,56 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     })?;
     // The cell's copy of the build's archive: every later check reads it.
     let built = run.dir.join("kheaders_data.tar.xz");
-    let artifacts = run.phase("build", |run| {
+    // Mainline 6.12 runs its generator on every build to compare (`CHK`);
+    // the series lets make decide, so not even that may run.
+    let noop = |before: &checks::Snapshot, log: &Path, from: u64| -> Result<Verdict, Stop> {
+        let after = checks::snapshot(&build.archive()).map_err(|e| error(e.into()))?;
+        Ok(checks::noop_rebuild(before, &after, &log_since(log, from), cell.patched))
+    };
+    let (artifacts, build_was_noop) = run.phase("build", |run| {
         let image = build.kernel_image();
         let before = std::fs::metadata(&image).and_then(|m| m.modified()).ok();
+        let archive_before = checks::snapshot(&build.archive()).ok();
+        let from = log_len(&build_log);
         let a = build.build(&config, &build_log, s.build_limit).map_err(error)?;
         run.kernel_built = before != std::fs::metadata(&image).and_then(|m| m.modified()).ok();
         copy(&a.archive, &built)?;
-        Ok(a)
+        // A make that found the kernel built is a no-op rebuild already.
+        let was_noop = match archive_before {
+            Some(b) if !run.kernel_built => Some(noop(&b, &build_log, from)?).filter(|v| *v == Verdict::Pass),
+            _ => None,
+        };
+        Ok((a, was_noop))
     })?;
     run.phase("rebuild", |run| {
+        let name = "no-op rebuild leaves the archive alone";
+        if let Some(v) = build_was_noop {
+            tracing::info!("{}: the build's make found the kernel built and left the archive alone: no second make", cell.name);
+            return run.check(name, v);
+        }
         let before = checks::snapshot(&artifacts.archive).map_err(|e| error(e.into()))?;
         let log = run.dir.join("rebuild.log");
         build.rebuild(&log, s.build_limit).map_err(error)?;
-        let after = checks::snapshot(&artifacts.archive).map_err(|e| error(e.into()))?;
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        // Mainline 6.12 runs its generator on every build to compare
-        // (`CHK`); the series lets make decide, so not even that may run.
-        run.check("no-op rebuild leaves the archive alone", checks::noop_rebuild(&before, &after, &text, cell.patched))
+        run.check(name, noop(&before, &log, 0)?)
     })?;
     if cell.regen {
         run.phase("regen", |run| {
+            let passed = regen::passed_path(&cache.root().join("results"), &build_key);
+            if let Some(p) = regen::cached(&passed).filter(|_| !s.fresh) {
+                let ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0).saturating_sub(p.at);
+                tracing::info!(
+                    "{}: regen passed {} min ago with the same source, series, toolchain and config: not run again (KHTEST_FRESH=1 runs it)",
+                    cell.name,
+                    ago / 60
+                );
+                for name in p.steps {
+                    run.check(&format!("{name} (cached)"), Verdict::Pass)?;
+                }
+                return Ok(());
+            }
             let scratch = cache.root().join("builds").join(format!("{build_key}-regen"));
             let steps = regen::run(&build, &artifacts.archive, &scratch, &run.dir, s.build_limit).map_err(error)?;
+            regen::remember(&passed, &steps).map_err(error)?;
             for (name, v) in steps {
                 run.check(name, v)?;
             }
@@ -492,6 +522,16 @@ fn archive_paths(cell: &Cell) -> Vec<&'static str> {
 fn served(guest: &mut Guest, paths: &[&str], limit: Duration) -> Result<Vec<(String, u64)>, Stop> {
     let out = guest.run("pull", &format!("stat -c 'KHTEST-STAT %s %n' {} 2>/dev/null; true", paths.join(" ")), limit);
     Ok(checks::parse_stat(&out.map_err(vm_stop)?.text))
+}
+
+fn log_len(log: &Path) -> u64 {
+    std::fs::metadata(log).map(|m| m.len()).unwrap_or(0)
+}
+
+/// What `log` got after its first `from` bytes.
+fn log_since(log: &Path, from: u64) -> String {
+    let bytes = std::fs::read(log).unwrap_or_default();
+    String::from_utf8_lossy(bytes.get(from as usize..).unwrap_or_default()).into_owned()
 }
 
 fn copy(from: &Path, to: &Path) -> Result<(), Stop> {

@@ -88,3 +88,8 @@ pub fn default_cache_dir() -> PathBuf {
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".cache/khtest")
 }
+
+/// `KHTEST_FRESH=1`: run again the checks whose passing outcome is cached.
+pub fn fresh_from_env() -> bool {
+    std::env::var_os("KHTEST_FRESH").is_some_and(|v| !v.is_empty() && v != "0")
+}

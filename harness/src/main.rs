@@ -39,6 +39,10 @@ enum Cmd {
         /// Keep every artifact (extracted headers, initramfs) of passing cells too.
         #[arg(long)]
         keep: bool,
+        /// Run the regen checks even if they passed before with the same
+        /// source, series, toolchain and config (also: KHTEST_FRESH=1).
+        #[arg(long)]
+        fresh: bool,
     },
     /// Prepare the kernel tree (unpacked, with the series unless
     /// --unpatched) in the cache and print its path.
@@ -105,6 +109,7 @@ impl Place {
             build_limit: std::time::Duration::from_secs(3600),
             keep: false,
             rerun,
+            fresh: khtest::fresh_from_env(),
         })
     }
 }
@@ -157,10 +162,10 @@ fn real_main() -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Run { cells, place, keep } => {
+        Cmd::Run { cells, place, keep, fresh } => {
             let matrix = load()?;
             let selected = matrix.select(&cells)?;
-            let settings = Settings { keep, ..place.settings(&project, cli.matrix.as_ref())? };
+            let settings = Settings { keep, fresh: fresh || khtest::fresh_from_env(), ..place.settings(&project, cli.matrix.as_ref())? };
             let progress = progress_printer();
             let mut reports = Vec::new();
             for c in selected {

@@ -9,6 +9,12 @@
 //!   its copy step fails it with a message naming the file (K7).
 //!
 //! Each step's make output is kept as `regen-STEP.log` in the cell directory.
+//!
+//! The steps' outcome depends only on what the build's cache key covers
+//! (source, series, toolchain, arch, config) and on this code, so a passing
+//! run is remembered under those and not repeated, like a build: the checks
+//! then say "(cached)". `KHTEST_FRESH=1` (or `khtest run --fresh`) runs
+//! them again.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,10 +22,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kheaders_selftest::archive;
+use serde::{Deserialize, Serialize};
 
+use crate::cache::key;
 use crate::kbuild::{Build, BUILD_TIMESTAMP};
 use crate::process::run_logged;
 use crate::report::Verdict;
+use crate::scratch;
 
 /// A second `KBUILD_BUILD_TIMESTAMP`, one day after the usual one.
 const OTHER_TIMESTAMP: (&str, u64) = ("Mon Nov 18 00:00:00 UTC 2024", 1_731_888_000);
@@ -32,6 +41,43 @@ const LOCALVERSION: &str = "-khtest-regen";
 
 /// One step's name and verdict.
 pub type Step = (&'static str, Verdict);
+
+/// What a run whose every step passed leaves in the cache.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Passed {
+    /// When, in seconds since the Unix epoch.
+    pub at: u64,
+    pub steps: Vec<String>,
+}
+
+/// Where the outcome of the steps for the build keyed `build_key` is kept:
+/// that key and this harness's regen code.
+pub fn passed_path(results_dir: &Path, build_key: &str) -> PathBuf {
+    let code = [include_str!("regen.rs"), include_str!("kbuild.rs")].concat();
+    results_dir.join(format!("regen-{}.json", key(&[build_key.as_bytes(), code.as_bytes()])))
+}
+
+/// The steps of an earlier run with the same inputs, all passed; `None`
+/// if there was none (or its record cannot be read).
+pub fn cached(path: &Path) -> Option<Passed> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// Remember `steps` when every one passed.
+pub fn remember(path: &Path, steps: &[Step]) -> Result<()> {
+    if steps.iter().any(|(_, v)| *v != Verdict::Pass) {
+        return Ok(());
+    }
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let passed = Passed { at, steps: steps.iter().map(|(n, _)| (*n).to_owned()).collect() };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // Written whole, then renamed: a killed run leaves no half record.
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&passed)?).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
 
 struct Scratch<'a> {
     build: Build,
@@ -54,7 +100,7 @@ pub fn run(cell: &Build, cell_archive: &Path, scratch: &Path, dir: &Path, limit:
     };
 
     let (log, archive) = s.generate("reproducible", BUILD_TIMESTAMP.0)?;
-    if !record("a second build of the archive gives the same bytes (K9)", same_archive(&archive, cell_archive)?)
+    if !record("a second build of the archive gives the same bytes (K9)", same_archive(dir, &archive, cell_archive)?)
         || !record("the generator prints nothing of its own (K7)", quiet_generator(&log))
     {
         return Ok(steps);
@@ -62,31 +108,31 @@ pub fn run(cell: &Build, cell_archive: &Path, scratch: &Path, dir: &Path, limit:
 
     write(&scratch.join(PROBE), "/* a khtest probe */\n#define KHTEST_PROBE 1\n")?;
     let (log, archive) = s.generate("new-header", BUILD_TIMESTAMP.0)?;
-    if !record("a new header regenerates the archive (K6)", regenerated(&log, &archive, |a| probe_is(a, Some("1")))?) {
+    if !record("a new header regenerates the archive (K6)", regenerated(dir, &log, &archive, |a| probe_is(a, Some("1")))?) {
         return Ok(steps);
     }
 
     // At once: a comparison of minute-resolution `ls -l` output would miss it.
     write(&scratch.join(PROBE), "/* a khtest probe */\n#define KHTEST_PROBE 2\n")?;
     let (log, archive) = s.generate("changed-header", BUILD_TIMESTAMP.0)?;
-    if !record("a header changed again at once regenerates it (K6)", regenerated(&log, &archive, |a| probe_is(a, Some("2")))?) {
+    if !record("a header changed again at once regenerates it (K6)", regenerated(dir, &log, &archive, |a| probe_is(a, Some("2")))?) {
         return Ok(steps);
     }
 
     let (log, archive) = s.generate("timestamp", OTHER_TIMESTAMP.0)?;
-    if !record("a new KBUILD_BUILD_TIMESTAMP regenerates it (K6)", regenerated(&log, &archive, |a| mtime_is(a, OTHER_TIMESTAMP.1))?) {
+    if !record("a new KBUILD_BUILD_TIMESTAMP regenerates it (K6)", regenerated(dir, &log, &archive, |a| mtime_is(a, OTHER_TIMESTAMP.1))?) {
         return Ok(steps);
     }
 
     s.set_localversion(LOCALVERSION)?;
     let (log, archive) = s.generate("config", OTHER_TIMESTAMP.0)?;
-    if !record("a config change regenerates it (K6)", regenerated(&log, &archive, autoconf_has_localversion)?) {
+    if !record("a config change regenerates it (K6)", regenerated(dir, &log, &archive, autoconf_has_localversion)?) {
         return Ok(steps);
     }
 
     std::fs::remove_file(scratch.join(PROBE)).with_context(|| format!("cannot remove {PROBE}"))?;
     let (log, archive) = s.generate("removed-header", OTHER_TIMESTAMP.0)?;
-    if !record("a removed header leaves the archive (K6)", regenerated(&log, &archive, |a| probe_is(a, None))?) {
+    if !record("a removed header leaves the archive (K6)", regenerated(dir, &log, &archive, |a| probe_is(a, None))?) {
         return Ok(steps);
     }
 
@@ -183,12 +229,12 @@ fn quiet_generator(log: &str) -> Verdict {
 }
 
 /// The generator must have run (kbuild's `GEN` line) and `shows` must hold
-/// for the new archive.
-fn regenerated(log: &str, archive: &Path, shows: impl FnOnce(&Path) -> Result<Verdict>) -> Result<Verdict> {
+/// for the new archive, unpacked under `dir`.
+fn regenerated(dir: &Path, log: &str, archive: &Path, shows: impl FnOnce(&Path) -> Result<Verdict>) -> Result<Verdict> {
     if !generated(log) {
         return Ok(Verdict::Fail("make did not regenerate the archive (no GEN line for kheaders_data.tar.xz)".into()));
     }
-    let unpacked = tempfile::tempdir().context("cannot make a temporary directory")?;
+    let unpacked = scratch::new_tree(dir, ".regen-")?;
     let root = unpacked.path().join("a");
     archive::extract_file(archive, &root).with_context(|| format!("cannot unpack {}", archive.display()))?;
     shows(&root)
@@ -225,13 +271,14 @@ fn autoconf_has_localversion(root: &Path) -> Result<Verdict> {
     })
 }
 
-/// Compare two archives; on a difference, name the entries that differ.
-fn same_archive(a: &Path, b: &Path) -> Result<Verdict> {
+/// Compare two archives; on a difference, name the entries that differ
+/// (unpacking both under `dir`).
+fn same_archive(dir: &Path, a: &Path, b: &Path) -> Result<Verdict> {
     let (x, y) = (std::fs::read(a)?, std::fs::read(b)?);
     if x == y {
         return Ok(Verdict::Pass);
     }
-    let tmp = tempfile::tempdir()?;
+    let tmp = scratch::new_tree(dir, ".regen-")?;
     let (ra, rb) = (tmp.path().join("a"), tmp.path().join("b"));
     archive::extract_file(a, &ra)?;
     archive::extract_file(b, &rb)?;
@@ -310,6 +357,22 @@ mod tests {
         assert!(matches!(generator_failed(true, "", true, "khtest-missing.h"), Verdict::Fail(m) if m.contains("exited 0")));
         assert!(matches!(generator_failed(false, msg, true, "khtest-missing.h"), Verdict::Fail(m) if m.contains("left an archive")));
         assert!(matches!(generator_failed(false, "", false, "khtest-missing.h"), Verdict::Fail(m) if m.contains("discarded")));
+    }
+
+    #[test]
+    fn only_a_run_that_passed_is_remembered_and_per_build() {
+        let d = tempfile::tempdir().unwrap();
+        let path = passed_path(d.path(), "build-a");
+        assert_ne!(path, passed_path(d.path(), "build-b"));
+        assert!(cached(&path).is_none());
+        remember(&path, &[("first", Verdict::Pass), ("second", Verdict::Fail("no GEN line".into()))]).unwrap();
+        assert!(cached(&path).is_none(), "a failing run must run again");
+        remember(&path, &[("first", Verdict::Pass), ("second", Verdict::Pass)]).unwrap();
+        let got = cached(&path).unwrap();
+        assert_eq!(got.steps, ["first", "second"]);
+        assert!(got.at > 0);
+        std::fs::write(&path, "{ half").unwrap();
+        assert!(cached(&path).is_none(), "an unreadable record is no record");
     }
 
     #[test]

@@ -57,6 +57,7 @@ fn settings() -> Result<Settings, Failed> {
         build_limit: std::time::Duration::from_secs(3600),
         keep: false,
         rerun: "cargo nextest run -p khtest --test cells -E 'test(={cell})'".into(),
+        fresh: khtest::fresh_from_env(),
     })
 }
 
