@@ -212,11 +212,18 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
             let reports: Vec<_> = matrix.cells.iter().map(|c| cell::run(project, matrix, c, &ms, &quiet)).collect();
             let secs = t.elapsed().as_secs_f64();
             let built = reports.iter().filter(|r| r.kernel_built).count();
+            // Regen steps that passed before with the same inputs are not run again.
+            let cached = reports.iter().filter(|r| r.checks.iter().any(|c| c.name.ends_with("(cached)"))).count();
             let bad: Vec<_> = reports.iter().filter(|r| r.verdict.is_bad()).map(|r| r.cell.as_str()).collect();
             if !bad.is_empty() {
                 bail!("the matrix did not pass ({}), so its time means nothing", bad.join(", "));
             }
-            let f = Figure::new("matrix", format!("whole matrix, {round}: {} cells, {built} kernel(s) built", reports.len()), secs / 60.0, "min");
+            let f = Figure::new(
+                "matrix",
+                format!("whole matrix, {round}: {} cells, {built} kernel(s) built, regen cached in {cached}", reports.len()),
+                secs / 60.0,
+                "min",
+            );
             figures.push(match limit {
                 Some(l) => f.at_most(l),
                 None => f,
