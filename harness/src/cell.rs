@@ -154,7 +154,7 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     let _build_lock = cache.lock(&format!("build-{build_key}")).map_err(error)?;
     let build_log = run.dir.join("build.log");
     let build = match cell.build {
-        BuildKind::OutOfTree => Build { arch: cell.arch, src: tree.path.clone(), obj: cache.root().join("builds").join(&build_key), kind: cell.build, ccache },
+        BuildKind::OutOfTree => Build { arch: cell.arch, src: tree.path.clone(), obj: tree.build_dir(&build_key), kind: cell.build, ccache },
         // The cell's own copy of the tree, `make mrproper`ed: the first
         // build of every new tree, series or config starts pristine, which
         // is when the 2019 circular dependency would show.
@@ -228,7 +228,7 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
                 }
                 return Ok(());
             }
-            let scratch = cache.root().join("builds").join(format!("{build_key}-regen"));
+            let scratch = tree.build_dir(&format!("{build_key}-regen"));
             let steps = regen::run(&build, &artifacts.archive, &scratch, &run.dir, s.build_limit).map_err(error)?;
             regen::remember(&passed, &steps).map_err(error)?;
             for (name, v) in steps {
@@ -472,7 +472,7 @@ pub fn build_only(project: &Project, matrix: &Matrix, cell: &Cell, s: &Settings,
     let build = Build {
         arch: cell.arch,
         src: tree.path.clone(),
-        obj: cache.root().join("builds").join(&key),
+        obj: tree.build_dir(&key),
         kind: cell.build,
         ccache: Some(cache.root().join("ccache")),
     };

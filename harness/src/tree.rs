@@ -63,6 +63,21 @@ pub struct Tree {
     pub key: String,
 }
 
+/// The names of the object trees kept inside a source tree.
+const BUILD_DIR_PREFIX: &str = ".khtest-build-";
+
+impl Tree {
+    /// The `O=` directory of the build keyed `build_key`: a directory of
+    /// the source tree itself, so that kbuild's `srctree` is `..` and every
+    /// path in a compile command and in the preprocessed source is relative.
+    /// Then ccache shares the objects of any two trees (unpatched and
+    /// patched, one series and the next) wherever their files are the
+    /// same; with the tree's absolute path in them, it shared none.
+    pub fn build_dir(&self, build_key: &str) -> PathBuf {
+        self.path.join(format!("{BUILD_DIR_PREFIX}{build_key}"))
+    }
+}
+
 /// The patches named by `kernel/series`, in order.
 pub fn series(project: &Project) -> Result<Vec<PathBuf>> {
     let file = project.kernel_dir().join("series");
@@ -151,12 +166,23 @@ fn top_dir(entry: &Path) -> Result<PathBuf> {
     }
 }
 
-/// `cp -a` (reflinked where the filesystem can) of `from`'s contents into `to`.
+/// `cp -a` (reflinked where the filesystem can) of `from`'s contents into
+/// `to`, less the object trees that builds keep in a source tree.
 pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
+    let mut entries = Vec::new();
+    for e in std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
+        let e = e?;
+        if !e.file_name().to_string_lossy().starts_with(BUILD_DIR_PREFIX) {
+            entries.push(e.path());
+        }
+    }
+    if entries.is_empty() {
+        return Ok(());
+    }
     let st = Command::new("cp")
         .args(["-a", "--reflink=auto"])
-        .arg(from.join("."))
+        .args(&entries)
         .arg(to)
         .status()
         .context("running cp")?;
@@ -164,4 +190,25 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         bail!("copying {} to {} failed", from.display(), to.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_leaves_the_object_trees_behind() {
+        let d = tempfile::tempdir().unwrap();
+        let (from, to) = (d.path().join("tree"), d.path().join("copy"));
+        let tree = Tree { path: from.clone(), key: "k".into() };
+        std::fs::create_dir_all(tree.build_dir("b1").join("kernel")).unwrap();
+        std::fs::create_dir_all(from.join("kernel")).unwrap();
+        std::fs::write(from.join("Makefile"), b"all:\n").unwrap();
+        std::fs::write(from.join(".gitignore"), b"*.o\n").unwrap();
+        copy_tree(&from, &to).unwrap();
+        let mut got: Vec<String> = std::fs::read_dir(&to).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        got.sort();
+        assert_eq!(got, [".gitignore", "Makefile", "kernel"]);
+        assert_eq!(tree.build_dir("b1").parent(), Some(from.as_path()), "kbuild's srctree must be ..");
+    }
 }
