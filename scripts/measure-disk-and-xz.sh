@@ -3,8 +3,10 @@
 # `khtest bench` does not make, written to target/khtest/bench/by-hand.txt:
 #
 #  - file creation right after a deletion: `tar -xJf` of an archive on a
-#    quiet disk, right after `rm -rf` of an extraction, and 70 s later
-#    (ext4 without a journal skips recently freed inodes, one by one);
+#    quiet disk, right after `rm -rf` of an extraction, 70 s later, and
+#    right after another `rm -rf` but into a randomly named directory of a
+#    `chattr +T` one, as harness/src/scratch.rs does (ext4 without a
+#    journal skips recently freed inodes, one by one);
 #  - xz settings on the archive's tar: single-threaded as before, and two
 #    threads on blocks of 16, 20 and 24 MiB (size in bytes, seconds).
 #
@@ -50,7 +52,15 @@ untar()
 	sync
 	sleep 70
 	echo "tar -xJf, 70 s later: $(seconds untar "$work/c") s"
-	rm -rf "$work/b" "$work/c"
+	# What harness/src/scratch.rs does: a parent flagged as the top of a
+	# hierarchy, and a new tree under a random name in it.
+	mkdir "$work/top"
+	chattr +T "$work/top" 2>/dev/null || echo "(chattr +T refused here)"
+	sync
+	rm -rf "$work/b"
+	sync
+	echo "tar -xJf, right after rm -rf, into a new directory of a chattr +T one: $(seconds untar "$(mktemp -d -u "$work/top/XXXXXXXX")") s"
+	rm -rf "$work/c" "$work/top"
 
 	xz -dc "$archive" > "$work/a.tar"
 	echo "tar: $(stat -c %s "$work/a.tar") bytes"

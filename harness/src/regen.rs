@@ -51,9 +51,10 @@ pub struct Passed {
 }
 
 /// Where the outcome of the steps for the build keyed `build_key` is kept:
-/// that key and this harness's regen code.
+/// that key and the harness code that drives them (how make is called,
+/// where the scratch tree is).
 pub fn passed_path(results_dir: &Path, build_key: &str) -> PathBuf {
-    let code = [include_str!("regen.rs"), include_str!("kbuild.rs")].concat();
+    let code = [include_str!("regen.rs"), include_str!("kbuild.rs"), include_str!("tree.rs"), include_str!("cell.rs")].concat();
     results_dir.join(format!("regen-{}.json", key(&[build_key.as_bytes(), code.as_bytes()])))
 }
 
