@@ -411,9 +411,11 @@ impl Host<'_> {
                 None => vec![self.build.obj.join("vmlinux"), self.artifacts.kernel_image.clone()],
             };
             let built = std::fs::read(self.built).map_err(|e| error(e.into()))?;
+            // vmlinux and the boot image hold one archive: decoded once.
+            let mut finder = extract::Finder::default();
             for src in sources {
                 let name = src.file_name().unwrap_or_default().to_string_lossy().into_owned();
-                let v = match extract::from_file(&src) {
+                let v = match finder.from_file(&src) {
                     Ok(f) if f.archive == built => Verdict::Pass,
                     Ok(f) => Verdict::Fail(format!("{name}: found {} bytes at offset {}, not the build's archive", f.archive.len(), f.offset)),
                     Err(e) => Verdict::Fail(format!("{e:#}")),

@@ -31,41 +31,84 @@ pub struct Found {
 
 /// Find the archive in `path`.
 pub fn from_file(path: &Path) -> Result<Found> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    find(&bytes).with_context(|| {
-        format!(
-            "no kheaders archive in {}: give vmlinux, the boot image (bzImage, Image, Image.gz) of a kernel \
-             built with CONFIG_IKHEADERS=y, or kernel/kheaders.ko for CONFIG_IKHEADERS=m",
-            path.display()
-        )
-    })
+    Finder::default().from_file(path)
+}
+
+/// Finds archives in several files, decoding each distinct stream once: a
+/// stream whose bytes start with those of an archive it already decoded
+/// is that archive (an xz stream ends itself, so it decodes to the same
+/// tar with the same length). `vmlinux` and the boot image that packs it
+/// hold the same archive.
+#[derive(Default)]
+pub struct Finder {
+    known: Vec<Vec<u8>>,
+}
+
+impl Finder {
+    /// Find the archive in `path`.
+    pub fn from_file(&mut self, path: &Path) -> Result<Found> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let found = self.find(&bytes).with_context(|| {
+            format!(
+                "no kheaders archive in {}: give vmlinux, the boot image (bzImage, Image, Image.gz) of a kernel \
+                 built with CONFIG_IKHEADERS=y, or kernel/kheaders.ko for CONFIG_IKHEADERS=m",
+                path.display()
+            )
+        })?;
+        if !self.known.contains(&found.archive) {
+            self.known.push(found.archive.clone());
+        }
+        Ok(found)
+    }
+
+    /// Find the archive in `bytes`, directly or inside a compressed payload.
+    pub fn find(&self, bytes: &[u8]) -> Result<Found> {
+        let mut payloads = Vec::new();
+        for off in occurrences(bytes, XZ_MAGIC) {
+            match self.decode_at(&bytes[off..]) {
+                Some(Stream::Archive(used)) => return Ok(Found { archive: bytes[off..off + used].to_vec(), offset: off, inside: None }),
+                // Not the archive: maybe a compressed kernel that holds it.
+                Some(Stream::Other(out)) => payloads.push(("xz", off, out)),
+                None => {}
+            }
+        }
+        for off in occurrences(bytes, GZIP_MAGIC) {
+            if let Some(out) = gunzip(&bytes[off..]) {
+                payloads.push(("gzip", off, out));
+            }
+        }
+        // A compressed kernel: search what it unpacks to (one level only).
+        for (kind, at, payload) in payloads {
+            for off in occurrences(&payload, XZ_MAGIC) {
+                if let Some(Stream::Archive(used)) = self.decode_at(&payload[off..]) {
+                    return Ok(Found { archive: payload[off..off + used].to_vec(), offset: off, inside: Some((kind, at)) });
+                }
+            }
+        }
+        bail!("no xz stream in it, or in what it unpacks to, is a kheaders archive")
+    }
+
+    /// What the xz stream at the start of `data` is; `None` if there is
+    /// no valid stream there.
+    fn decode_at(&self, data: &[u8]) -> Option<Stream> {
+        if let Some(k) = self.known.iter().find(|k| data.starts_with(k)) {
+            return Some(Stream::Archive(k.len()));
+        }
+        let (out, used) = unxz(data)?;
+        Some(if is_kheaders_tar(&out) { Stream::Archive(used) } else { Stream::Other(out) })
+    }
+}
+
+enum Stream {
+    /// A kheaders archive, this many bytes long.
+    Archive(usize),
+    /// Another stream, decoded.
+    Other(Vec<u8>),
 }
 
 /// Find the archive in `bytes`, directly or inside a compressed payload.
 pub fn find(bytes: &[u8]) -> Result<Found> {
-    let mut payloads = Vec::new();
-    for off in occurrences(bytes, XZ_MAGIC) {
-        let Some((out, used)) = unxz(&bytes[off..]) else { continue };
-        if is_kheaders_tar(&out) {
-            return Ok(Found { archive: bytes[off..off + used].to_vec(), offset: off, inside: None });
-        }
-        payloads.push(("xz", off, out));
-    }
-    for off in occurrences(bytes, GZIP_MAGIC) {
-        if let Some(out) = gunzip(&bytes[off..]) {
-            payloads.push(("gzip", off, out));
-        }
-    }
-    // A compressed kernel: search what it unpacks to (one level only).
-    for (kind, at, payload) in payloads {
-        for off in occurrences(&payload, XZ_MAGIC) {
-            let Some((out, used)) = unxz(&payload[off..]) else { continue };
-            if is_kheaders_tar(&out) {
-                return Ok(Found { archive: payload[off..off + used].to_vec(), offset: off, inside: Some((kind, at)) });
-            }
-        }
-    }
-    bail!("no xz stream in it, or in what it unpacks to, is a kheaders archive")
+    Finder::default().find(bytes)
 }
 
 fn occurrences<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
@@ -148,6 +191,28 @@ mod tests {
             assert_eq!(f.archive, archive, "{kind}");
             assert_eq!(f.inside.map(|(k, _)| k), Some(kind));
         }
+    }
+
+    #[test]
+    fn a_finder_decodes_an_archive_once_across_files() {
+        let d = tempfile::tempdir().unwrap();
+        let archive = xz(&tar_with("./include/linux/kconfig.h"));
+        let (vmlinux, boot) = (d.path().join("vmlinux"), d.path().join("bzImage"));
+        std::fs::write(&vmlinux, image(&archive)).unwrap();
+        let mut packed = vec![0u8; 512];
+        packed.extend(xz(&image(&archive)));
+        std::fs::write(&boot, packed).unwrap();
+        let mut finder = Finder::default();
+        assert_eq!(finder.from_file(&vmlinux).unwrap().archive, archive);
+        assert_eq!(finder.known, [archive.clone()]);
+        let inside = finder.from_file(&boot).unwrap();
+        assert_eq!((inside.archive, inside.inside.map(|(k, _)| k)), (archive.clone(), Some("xz")));
+        assert_eq!(finder.known.len(), 1);
+        // A known archive is matched by its bytes, not decoded again.
+        let fake = [XZ_MAGIC, b"not a stream"].concat();
+        let finder = Finder { known: vec![fake.clone()] };
+        let f = finder.find(&[&[0u8; 64][..], &fake, b"junk"].concat()).unwrap();
+        assert_eq!((f.archive, f.offset), (fake, 64));
     }
 
     #[test]
