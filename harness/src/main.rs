@@ -165,7 +165,8 @@ fn real_main() -> Result<ExitCode> {
         Cmd::Run { cells, place, keep, fresh } => {
             let matrix = load()?;
             let selected = matrix.select(&cells)?;
-            let settings = Settings { keep, fresh: fresh || khtest::fresh_from_env(), ..place.settings(&project, cli.matrix.as_ref())? };
+            let base = place.settings(&project, cli.matrix.as_ref())?;
+            let settings = Settings { keep, fresh: fresh || base.fresh, ..base };
             let progress = progress_printer();
             let mut reports = Vec::new();
             for c in selected {
