@@ -411,8 +411,10 @@ impl Host<'_> {
                 None => vec![self.build.obj.join("vmlinux"), self.artifacts.kernel_image.clone()],
             };
             let built = std::fs::read(self.built).map_err(|e| error(e.into()))?;
-            // vmlinux and the boot image hold one archive: decoded once.
-            let mut finder = extract::Finder::default();
+            // The extract phase decodes and checks the build's archive: here
+            // its bytes are looked for, and only other streams (the boot
+            // image's compressed kernel) are decoded.
+            let mut finder = extract::Finder::knowing(built.clone());
             for src in sources {
                 let name = src.file_name().unwrap_or_default().to_string_lossy().into_owned();
                 let v = match finder.from_file(&src) {

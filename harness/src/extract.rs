@@ -45,6 +45,12 @@ pub struct Finder {
 }
 
 impl Finder {
+    /// A finder that already knows `archive`'s bytes (checked elsewhere):
+    /// a stream that starts with them is that archive, without decoding.
+    pub fn knowing(archive: Vec<u8>) -> Finder {
+        Finder { known: vec![archive] }
+    }
+
     /// Find the archive in `path`.
     pub fn from_file(&mut self, path: &Path) -> Result<Found> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -204,13 +210,13 @@ mod tests {
         std::fs::write(&boot, packed).unwrap();
         let mut finder = Finder::default();
         assert_eq!(finder.from_file(&vmlinux).unwrap().archive, archive);
-        assert_eq!(finder.known, [archive.clone()]);
+        assert_eq!(finder.known, std::slice::from_ref(&archive));
         let inside = finder.from_file(&boot).unwrap();
         assert_eq!((inside.archive, inside.inside.map(|(k, _)| k)), (archive.clone(), Some("xz")));
         assert_eq!(finder.known.len(), 1);
         // A known archive is matched by its bytes, not decoded again.
         let fake = [XZ_MAGIC, b"not a stream"].concat();
-        let finder = Finder { known: vec![fake.clone()] };
+        let finder = Finder::knowing(fake.clone());
         let f = finder.find(&[&[0u8; 64][..], &fake, b"junk"].concat()).unwrap();
         assert_eq!((f.archive, f.offset), (fake, 64));
     }
