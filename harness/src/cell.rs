@@ -98,6 +98,9 @@ impl<'a> Run<'a> {
     }
 }
 
+/// The cell directory's unpacked archive, kept from one run to the next.
+const HEADERS: &str = "headers";
+
 /// Run `cell` and report; never panics on a cell's failure.
 pub fn run(project: &Project, matrix: &Matrix, cell: &Cell, settings: &Settings, progress: Progress) -> CellReport {
     let dir = cell_dir(&settings.out_dir, &cell.name);
@@ -110,7 +113,6 @@ pub fn run(project: &Project, matrix: &Matrix, cell: &Cell, settings: &Settings,
         verdict = Verdict::Error(format!("interrupted by signal {sig}; a rerun starts this cell again"));
     }
     if verdict == Verdict::Pass && !settings.keep {
-        let _ = std::fs::remove_dir_all(dir.join("headers"));
         let _ = std::fs::remove_file(dir.join("initramfs.cpio"));
     }
     let report = CellReport {
@@ -133,9 +135,9 @@ pub fn run(project: &Project, matrix: &Matrix, cell: &Cell, settings: &Settings,
 fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Settings) -> Result<(), Stop> {
     let cache = run.phase("preflight", |run| {
         tools::check(&tools::required(cell)).map_err(error)?;
-        if run.dir.exists() {
-            std::fs::remove_dir_all(&run.dir).map_err(|e| Verdict::Error(format!("cannot clear {}: {e}", run.dir.display())))?;
-        }
+        // The last run's unpacked archive stays, for the extract phase to
+        // rewrite in place (scratch.rs says why).
+        crate::scratch::clear_dir_except(&run.dir, HEADERS).map_err(|e| Verdict::Error(format!("cannot clear {}: {e:#}", run.dir.display())))?;
         std::fs::create_dir_all(&run.dir)
             .map_err(|e| Verdict::Error(format!("cannot create the cell directory {}: {e}", run.dir.display())))?;
         // The unpacked trees and the kselftest's temporary one go here.
@@ -374,7 +376,7 @@ impl Host<'_> {
     /// Unpack the archive, check it, build the test module (sent to the
     /// guest lane as soon as it is built), then compile the eBPF program.
     fn modbuild_lane(&self, run: &mut Run, ko_tx: std::sync::mpsc::Sender<PathBuf>) -> Result<(), Stop> {
-        let (cell, headers) = (self.cell, run.dir.join("headers"));
+        let (cell, headers) = (self.cell, run.dir.join(HEADERS));
         run.phase("extract", |run| {
             let x = checks::extract(self.built, &headers)?;
             tracing::info!("{}: {} files, {} bytes unpacked", cell.name, x.files, x.bytes);

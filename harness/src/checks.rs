@@ -86,11 +86,10 @@ pub fn noop_rebuild(before: &Snapshot, after: &Snapshot, rebuild_log: &str, quie
     Verdict::Pass
 }
 
-/// Unpack `archive` into `dest` (replacing what was there).
+/// Unpack `archive` into `dest`, over what an earlier run unpacked there
+/// (scratch.rs says why).
 pub fn extract(archive_path: &Path, dest: &Path) -> Result<archive::Extracted, Verdict> {
-    let unpacked = crate::scratch::replace_tree(dest, |tree| archive::extract_file(archive_path, tree))
-        .map_err(|e| Verdict::Error(format!("{e:#}")))?;
-    unpacked.map_err(|e| match e {
+    archive::extract_file_over(archive_path, dest).map_err(|e| match e {
         archive::ArchiveError::Io { .. } => Verdict::Error(e.to_string()),
         _ => Verdict::Fail(format!("{}: {e}", archive_path.display())),
     })

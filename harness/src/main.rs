@@ -36,7 +36,7 @@ enum Cmd {
         cells: Vec<String>,
         #[command(flatten)]
         place: Place,
-        /// Keep every artifact (extracted headers, initramfs) of passing cells too.
+        /// Keep every artifact (the initramfs) of passing cells too.
         #[arg(long)]
         keep: bool,
         /// Run the regen checks even if they passed before with the same

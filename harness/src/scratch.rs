@@ -2,18 +2,25 @@
 //! kselftest's temporary tree.
 //!
 //! On ext4 without a journal (the disk of this project's machines), a new
-//! file will not take an inode freed in the last minute, and `ext4_create`
-//! scans past every such inode of its block group for every file it makes:
-//! unpacking the archive right after another unpacked copy was deleted took
-//! five times as long (BENCHMARKS.md). A directory flagged as the top of a
-//! hierarchy (`chattr +T`) makes ext4's Orlov allocator place each new
-//! subdirectory in a block group picked by a hash of its name, so a tree
-//! made under a random name usually lands away from the inodes just freed.
-//! Other file systems ignore or refuse the flag; nothing depends on it.
+//! file will not take an inode freed in the last minute or so, and
+//! `ext4_create` scans past every such inode of its block group for every
+//! file it makes: unpacking the archive right after another unpacked copy
+//! was deleted took five times as long (BENCHMARKS.md). Two ways around it:
+//!
+//! - A tree unpacked on every run (the cell's `headers/`) is not deleted
+//!   and made again but rewritten in place, its files keeping their inodes
+//!   (`archive::extract_file_over`); [`clear_dir_except`] spares it when
+//!   the cell directory is cleared.
+//! - Other trees are made under a directory flagged as the top of a
+//!   hierarchy (`chattr +T`): ext4's Orlov allocator then places each new
+//!   subdirectory in a block group picked by a hash of its name, so a tree
+//!   made under a random name usually lands away from the inodes just
+//!   freed. Other file systems ignore or refuse the flag; nothing depends
+//!   on it.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
@@ -44,24 +51,20 @@ pub fn new_tree(parent: &Path, prefix: &str) -> Result<tempfile::TempDir> {
     tempfile::Builder::new().prefix(prefix).tempdir_in(parent).with_context(|| format!("cannot make a directory in {}", parent.display()))
 }
 
-/// Fill `dest` (replacing what was there) by `fill`, which makes the tree
-/// at the path it is given, inside a new directory beside `dest`; the tree
-/// is then moved into place, even when `fill` failed: a failing cell keeps
-/// what it got. Errors are those of making and moving the directories;
-/// `fill`'s result is returned.
-pub fn replace_tree<T>(dest: &Path, fill: impl FnOnce(&Path) -> T) -> Result<T> {
-    let parent = dest.parent().unwrap_or(Path::new("."));
-    let name = dest.file_name().unwrap_or_default().to_string_lossy();
-    let new = new_tree(parent, &format!(".{name}-"))?;
-    let tree: PathBuf = new.path().join(&*name);
-    let filled = fill(&tree);
-    if dest.exists() {
-        std::fs::remove_dir_all(dest).with_context(|| format!("cannot remove {}", dest.display()))?;
+/// Remove everything in `dir` but the entries named `keep`; make `dir` if
+/// it is missing.
+pub fn clear_dir_except(dir: &Path, keep: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let e = e.with_context(|| format!("cannot read {}", dir.display()))?;
+        if e.file_name() == keep {
+            continue;
+        }
+        let path = e.path();
+        let gone = if e.file_type()?.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        gone.with_context(|| format!("cannot remove {}", path.display()))?;
     }
-    if tree.exists() {
-        std::fs::rename(&tree, dest).with_context(|| format!("cannot rename {} to {}", tree.display(), dest.display()))?;
-    }
-    Ok(filled)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -69,33 +72,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_replaced_tree_holds_only_the_new_files() {
+    fn clearing_a_directory_spares_only_the_kept_entry() {
         let d = tempfile::tempdir().unwrap();
-        let dest = d.path().join("headers");
-        std::fs::create_dir_all(dest.join("old")).unwrap();
-        replace_tree(&dest, |t| {
-            assert!(!t.exists(), "fill makes the tree itself");
-            std::fs::create_dir(t)?;
-            std::fs::write(t.join("new"), b"x")
-        })
-        .unwrap()
-        .unwrap();
-        assert!(dest.join("new").is_file() && !dest.join("old").exists());
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "the temporary directory was moved, not left");
-    }
-
-    #[test]
-    fn a_failed_fill_is_kept_in_place_of_the_old_tree() {
-        let d = tempfile::tempdir().unwrap();
-        let dest = d.path().join("headers");
-        std::fs::create_dir_all(dest.join("old")).unwrap();
-        let r: Result<(), &str> = replace_tree(&dest, |t| {
-            std::fs::create_dir(t).unwrap();
-            std::fs::write(t.join("half"), b"x").unwrap();
-            Err("corrupt archive")
-        })
-        .unwrap();
-        assert!(r.is_err() && dest.join("half").exists() && !dest.join("old").exists());
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+        let cell = d.path().join("cell");
+        std::fs::create_dir_all(cell.join("headers/include")).unwrap();
+        std::fs::create_dir_all(cell.join("kselftest/x")).unwrap();
+        std::fs::write(cell.join("build.log"), b"x").unwrap();
+        std::os::unix::fs::symlink(d.path(), cell.join("link")).unwrap();
+        clear_dir_except(&cell, "headers").unwrap();
+        let left: Vec<_> = std::fs::read_dir(&cell).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["headers"]);
+        assert!(cell.join("headers/include").is_dir() && d.path().join("cell").is_dir(), "a link is removed, not followed");
+        clear_dir_except(&d.path().join("new"), "headers").unwrap();
+        assert!(d.path().join("new").is_dir());
     }
 }
