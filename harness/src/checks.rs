@@ -162,10 +162,9 @@ pub fn spdx_kept(root: &Path, trees: &[&Path]) -> Verdict {
             continue;
         }
         let Some(src) = trees.iter().map(|t| t.join(rel)).find(|p| p.is_file()) else { continue };
-        let Some(want) = spdx_line(&std::fs::read_to_string(&src).unwrap_or_default()) else { continue };
+        let Some(want) = spdx_line(&src) else { continue };
         checked += 1;
-        let have = std::fs::read_to_string(&e).unwrap_or_default();
-        if spdx_line(&have).as_deref() != Some(want.as_str()) {
+        if spdx_line(&e).as_deref() != Some(want.as_str()) {
             lost.push(rel.display().to_string());
         }
     }
@@ -179,9 +178,13 @@ pub fn spdx_kept(root: &Path, trees: &[&Path]) -> Verdict {
     }
 }
 
-/// The first line holding an SPDX tag, trimmed.
-fn spdx_line(text: &str) -> Option<String> {
-    text.lines().find(|l| l.contains("SPDX-License-Identifier:")).map(|l| l.trim().to_owned())
+/// The first line of the file at `path` holding an SPDX tag, trimmed;
+/// read only up to that line (it is the first or second line of nearly
+/// every header).
+fn spdx_line(path: &Path) -> Option<String> {
+    use std::io::BufRead;
+    let file = std::io::BufReader::new(std::fs::File::open(path).ok()?);
+    file.split(b'\n').map_while(Result::ok).map(|l| String::from_utf8_lossy(&l).into_owned()).find(|l| l.contains("SPDX-License-Identifier:")).map(|l| l.trim().to_owned())
 }
 
 /// The verdict of the kselftest runner's TAP output for `test` (e.g.
