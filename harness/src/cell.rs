@@ -1,7 +1,7 @@
 //! One cell through every stage: tree → configure → build → rebuild →
-//! regen → image, then three lanes at once: the guest (boot → pull → load),
-//! the module lane (extract → modbuild → bpf) and the selftest lane
-//! (from-image → kselftest). Each phase is timed; the first phase that
+//! regen → image, then lanes at once: the guest (boot → pull → load), the
+//! module lane (extract, then modbuild and bpf side by side), the kselftest
+//! and from-image. Each phase is timed; the first phase that
 //! fails (in the README's order, across lanes) stops the cell with FAIL
 //! (the kernel's fault) or ERROR (the harness's or the host's).
 
@@ -86,6 +86,24 @@ impl<'a> Run<'a> {
     /// An empty run on the same clock, for phases run on another thread.
     fn lane(&self) -> Run<'a> {
         Run { phases: Vec::new(), checks: Vec::new(), current: None, kernel_built: false, retries: Vec::new(), name: self.name.clone(), dir: self.dir.clone(), ..*self }
+    }
+
+    /// Take in the phases and checks of a lane that has ended.
+    fn merge(&mut self, lane: Run) {
+        self.phases.extend(lane.phases);
+        self.checks.extend(lane.checks);
+    }
+
+    /// Of this run's result and those of lanes it waited for, the one that
+    /// stops the cell ([`first_stop`]), with its phase made current.
+    fn stop_first(&mut self, stops: Vec<(Option<String>, Result<(), Stop>)>) -> Result<(), Stop> {
+        match first_stop(stops) {
+            Some((phase, v)) => {
+                self.current = phase;
+                Err(v)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Record a check; a non-passing one stops the cell.
@@ -252,8 +270,9 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
 
     // The host's checks only need the build's archive (the pull proves the
     // guest serves the same bytes), so they run while the guest boots, in
-    // two lanes: unpack and build the test module, which the load waits
-    // for; and the kselftest, which unpacks and builds on its own.
+    // lanes: unpack, then build the test module (which the load waits for)
+    // beside the eBPF program; the kselftest, which unpacks and builds on
+    // its own and takes longest; the archive out of the kernel files.
     let (ko_tx, ko_rx) = std::sync::mpsc::channel();
     let host = Host { project, cell, s, tree: &tree, build: &build, artifacts: &artifacts, built: &built };
     std::thread::scope(|scope| {
@@ -267,6 +286,11 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
             let r = host.selftest_lane(&mut lane);
             (lane, r)
         });
+        let mut lane = run.lane();
+        let from_image = scope.spawn(move || {
+            let r = host.from_image_lane(&mut lane);
+            (lane, r)
+        });
         let guest = guest_lane(run, cell, s, &spec, &built, artifacts.kheaders_ko.is_some()).and_then(|mut guest| {
             // No module comes if the lane stopped or the archive has
             // headers only: the lane's own result says which.
@@ -278,20 +302,13 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
             r
         });
         let mut stops = vec![(run.current.clone(), guest)];
-        for lane in [modbuild, selftest] {
+        for lane in [modbuild, selftest, from_image] {
             let (lane, r) = lane.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             stops.push((lane.current.clone(), r));
-            run.phases.extend(lane.phases);
-            run.checks.extend(lane.checks);
+            run.merge(lane);
         }
         run.phases.sort_by(|a, b| a.start.total_cmp(&b.start));
-        match first_stop(stops) {
-            Some((phase, v)) => {
-                run.current = phase;
-                Err(v)
-            }
-            None => Ok(()),
-        }
+        run.stop_first(stops)
     })
 }
 
@@ -373,8 +390,9 @@ struct Host<'a> {
 }
 
 impl Host<'_> {
-    /// Unpack the archive, check it, build the test module (sent to the
-    /// guest lane as soon as it is built), then compile the eBPF program.
+    /// Unpack the archive and check it, then build the test module (sent
+    /// to the guest lane as soon as it is built) and compile the eBPF
+    /// program, at once.
     fn modbuild_lane(&self, run: &mut Run, ko_tx: std::sync::mpsc::Sender<PathBuf>) -> Result<(), Stop> {
         let (cell, headers) = (self.cell, run.dir.join(HEADERS));
         run.phase("extract", |run| {
@@ -383,28 +401,38 @@ impl Host<'_> {
             run.check("archive contents", checks::contents(&headers, cell.modbuild))?;
             run.check("SPDX lines kept", checks::spdx_kept(&headers, &[&self.build.obj, &self.tree.path]))
         })?;
-        if cell.modbuild {
-            let ko = run.phase("modbuild", |run| {
-                checks::build_testmod(&headers, &self.project.testmod_dir(), cell.arch, &run.dir, &run.dir.join("modbuild.log"))
-            })?;
-            // The guest lane may have stopped already: then nobody waits.
-            let _ = ko_tx.send(ko);
-        } else {
-            drop(ko_tx);
-            run.checks.push(Check { name: "module build".into(), verdict: Verdict::Skip("the archive has headers only".into()) });
-        }
-        run.phase("bpf", |run| {
-            let work = run.dir.join("bpf");
-            std::fs::create_dir_all(&work).map_err(|e| error(e.into()))?;
-            let v = bpf::compile(&bpf::program(&self.project.root), &headers, cell.arch, &work, &run.dir.join("bpf.log"));
-            run.check("an eBPF kprobe program compiles against the headers", v)
+        // The eBPF compile needs only the headers: it runs beside the
+        // module build, which the guest waits for.
+        std::thread::scope(|scope| {
+            let mut lane = run.lane();
+            let headers = &headers;
+            let bpf = scope.spawn(move || {
+                let r = lane.phase("bpf", |run| {
+                    let work = run.dir.join("bpf");
+                    std::fs::create_dir_all(&work).map_err(|e| error(e.into()))?;
+                    let v = bpf::compile(&bpf::program(&self.project.root), headers, cell.arch, &work, &run.dir.join("bpf.log"));
+                    run.check("an eBPF kprobe program compiles against the headers", v)
+                });
+                (lane, r)
+            });
+            let built = if cell.modbuild {
+                run.phase("modbuild", |run| checks::build_testmod(headers, &self.project.testmod_dir(), cell.arch, &run.dir, &run.dir.join("modbuild.log")))
+                    // The guest lane may have stopped already: then nobody waits.
+                    .map(|ko| drop(ko_tx.send(ko)))
+            } else {
+                drop(ko_tx);
+                run.checks.push(Check { name: "module build".into(), verdict: Verdict::Skip("the archive has headers only".into()) });
+                Ok(())
+            };
+            let (lane, r) = bpf.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            let stops = vec![(run.current.clone(), built), (lane.current.clone(), r)];
+            run.merge(lane);
+            run.stop_first(stops)
         })
     }
 
-    /// The archive out of the kernel files without booting, then the
-    /// kselftest as `make run_tests` runs it.
-    fn selftest_lane(&self, run: &mut Run) -> Result<(), Stop> {
-        let (cell, s) = (self.cell, self.s);
+    /// The archive out of the kernel files, without booting.
+    fn from_image_lane(&self, run: &mut Run) -> Result<(), Stop> {
         run.phase("from-image", |run| {
             // Out of kheaders.ko for =m, else out of vmlinux and out of the
             // (compressed) boot image.
@@ -427,7 +455,12 @@ impl Host<'_> {
                 run.check(&format!("khtest extract {name} gives the build's archive"), v)?;
             }
             Ok(())
-        })?;
+        })
+    }
+
+    /// The kselftest as `make run_tests` runs it.
+    fn selftest_lane(&self, run: &mut Run) -> Result<(), Stop> {
+        let (cell, s) = (self.cell, self.s);
         run.phase("kselftest", |run| {
             let log = run.dir.join("kselftest.log");
             let obj = run.dir.join("kselftest");
