@@ -340,7 +340,8 @@ fn guest_lane(run: &mut Run, cell: &Cell, s: &Settings, spec: &Spec, built: &Pat
         }
         let sizes = served(&mut guest, &paths, s.timeouts.command)?;
         run.check("archive served with its size", checks::served_sizes(&sizes, &paths, built_size))?;
-        guest.pull("pull", paths.last().expect("one path at least"), &pulled).map_err(vm_stop)?;
+        let built_bytes = std::fs::read(built).map_err(|e| error(e.into()))?;
+        guest.pull("pull", paths.last().expect("one path at least"), &pulled, Some(&built_bytes)).map_err(vm_stop)?;
         run.check("pulled archive is the build's archive", checks::same_bytes(&pulled, built))?;
         if ko {
             let out = guest.run("pull", "rmmod kheaders", s.timeouts.command).map_err(vm_stop)?;
