@@ -28,8 +28,9 @@ pub struct Settings {
     pub timeouts: Timeouts,
     /// The longest a kernel build may take.
     pub build_limit: Duration,
-    /// Keep the bulky artifacts (extracted headers, initramfs) of passing
-    /// cells; failing cells always keep everything.
+    /// Keep the bulky artifacts (the initramfs) of passing cells too;
+    /// failing cells always keep everything, and every cell its unpacked
+    /// archive (`headers/`, rewritten in place by the next run).
     pub keep: bool,
     /// The command that reruns one cell, with `{cell}` for its name.
     pub rerun: String,
