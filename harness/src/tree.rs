@@ -130,14 +130,58 @@ pub fn prepare(cache: &Cache, source: &Source, project: &Project, patched: bool)
         Ok(())
     })?;
     // The kernel build never reads tools/testing/selftests, so the selftest
-    // is not part of the key: it is installed afresh instead, and editing it
-    // costs no kernel rebuild.
-    let dst = path.join("tools/testing/selftests/kheaders");
-    if dst.exists() {
-        std::fs::remove_dir_all(&dst).with_context(|| format!("cannot remove {}", dst.display()))?;
-    }
-    copy_tree(&project.selftest_dir(), &dst)?;
+    // is not part of the key: it is installed anew when it changed instead,
+    // and editing it costs no kernel rebuild.
+    install_selftest(&project.selftest_dir(), &path.join("tools/testing/selftests/kheaders"))?;
     Ok(Tree { path, key: tree_key })
+}
+
+/// Make `dst` a copy of `src` unless it is one already. Another cell may
+/// be running the installed kselftest meanwhile (the tree lock covers
+/// installing, not running), so the new copy is made beside it and swapped
+/// in with one rename: the script is never missing.
+fn install_selftest(src: &Path, dst: &Path) -> Result<()> {
+    if listing(dst).ok() == Some(listing(src)?) {
+        return Ok(());
+    }
+    let parent = dst.parent().context("the selftest directory has a parent")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let new = tempfile::Builder::new().prefix(".kheaders-new-").tempdir_in(parent)?;
+    copy_tree(src, new.path())?;
+    if dst.exists() {
+        exchange(new.path(), dst).with_context(|| format!("cannot swap {} into {}", new.path().display(), dst.display()))?;
+    } else {
+        std::fs::rename(new.path(), dst).with_context(|| format!("cannot rename {} to {}", new.path().display(), dst.display()))?;
+    }
+    // `new` now holds the old copy, removed with it.
+    Ok(())
+}
+
+/// Swap two paths atomically (`renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: two NUL-terminated paths that live across the call.
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Every file under `dir` with its mode and bytes, in order.
+fn listing(dir: &Path) -> Result<Vec<(PathBuf, u32, Vec<u8>)>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut v = Vec::new();
+    for e in walkdir::WalkDir::new(dir).min_depth(1).sort_by_file_name() {
+        let e = e?;
+        let mode = e.metadata()?.permissions().mode();
+        let bytes = if e.file_type().is_file() { std::fs::read(e.path())? } else { Vec::new() };
+        v.push((e.path().strip_prefix(dir)?.to_owned(), mode, bytes));
+    }
+    Ok(v)
 }
 
 fn unpack(source: &Source, dir: &Path) -> Result<()> {
@@ -210,5 +254,23 @@ mod tests {
         got.sort();
         assert_eq!(got, [".gitignore", "Makefile", "kernel"]);
         assert_eq!(tree.build_dir("b1").parent(), Some(from.as_path()), "kbuild's srctree must be ..");
+    }
+
+    #[test]
+    fn the_selftest_is_swapped_in_only_when_it_changed() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("tree/kheaders"));
+        std::fs::create_dir_all(src.join("testmod")).unwrap();
+        std::fs::write(src.join("run.sh"), b"one").unwrap();
+        install_selftest(&src, &dst).unwrap();
+        assert_eq!(std::fs::read(dst.join("run.sh")).unwrap(), b"one");
+        let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let before = ino(&dst.join("run.sh"));
+        install_selftest(&src, &dst).unwrap();
+        assert_eq!(ino(&dst.join("run.sh")), before, "an unchanged selftest is left alone");
+        std::fs::write(src.join("run.sh"), b"two").unwrap();
+        install_selftest(&src, &dst).unwrap();
+        assert_eq!(std::fs::read(dst.join("run.sh")).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(d.path().join("tree")).unwrap().count(), 1, "the old copy is gone");
     }
 }
