@@ -4,8 +4,9 @@
 //! cell's verdict, failed phase and log directory.
 //!
 //! The `guest-*` tests boot the first x86_64 cell's kernel with an `/init`
-//! that misbehaves (panics, hangs at boot, hangs in a command) and check
-//! that the harness sees it at once or at its deadline, and ends QEMU.
+//! that misbehaves (panics, hangs at boot, hangs in a command), or with a
+//! file that goes on past its `stat` size, and check that the harness sees
+//! it at once or at its deadline, and ends QEMU.
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -41,6 +42,7 @@ fn main() {
         ("guest-panic-is-seen-at-once", Misbehaviour::PanicAtBoot),
         ("guest-hang-at-boot-times-out", Misbehaviour::HangAtBoot),
         ("guest-hang-in-a-command-times-out", Misbehaviour::HangInCommand),
+        ("guest-pull-checks-length-and-bytes", Misbehaviour::FileLongerThanStat),
     ] {
         let (project, matrix) = (project.clone(), matrix.clone());
         trials.push(Trial::test(name, move || guest_test(&project, &matrix, misbehaviour)));
@@ -66,6 +68,7 @@ enum Misbehaviour {
     PanicAtBoot,
     HangAtBoot,
     HangInCommand,
+    FileLongerThanStat,
 }
 
 fn guest_test(project: &Project, matrix: &Matrix, what: Misbehaviour) -> Result<(), Failed> {
@@ -84,7 +87,9 @@ fn guest_test(project: &Project, matrix: &Matrix, what: Misbehaviour) -> Result<
     let init = match what {
         Misbehaviour::PanicAtBoot => "#!/bin/busybox sh\necho khtest: init exits, the kernel must panic\nexit 1\n",
         Misbehaviour::HangAtBoot => "#!/bin/busybox sh\nexec /bin/busybox sleep 100000\n",
-        Misbehaviour::HangInCommand => &std::fs::read_to_string(project.images_dir().join("init")).map_err(|e| e.to_string())?,
+        Misbehaviour::HangInCommand | Misbehaviour::FileLongerThanStat => {
+            &std::fs::read_to_string(project.images_dir().join("init")).map_err(|e| e.to_string())?
+        }
     };
     let images = dir.join("images");
     std::fs::create_dir_all(&images).map_err(|e| e.to_string())?;
@@ -102,6 +107,27 @@ fn guest_test(project: &Project, matrix: &Matrix, what: Misbehaviour) -> Result<
         return match outcome {
             Err(khtest::report::Verdict::Error(why)) if why.contains("during boot") && retries.len() == 1 && dir.join("console.attempt1.log").exists() => Ok(()),
             other => Err(format!("hang at boot: unexpected outcome {other:?}, retries {retries:?}").into()),
+        };
+    }
+    if let Misbehaviour::FileLongerThanStat = what {
+        let mut g = Guest::boot(&spec).map_err(|e| e.to_string())?;
+        g.run("pull", "echo abc > /tmp/f", timeouts.command).map_err(|e| e.to_string())?;
+        let dest = dir.join("pulled");
+        // The expected bytes, then others: the guest's hash agrees with
+        // what arrived, so the difference is the file's, for the caller.
+        for expected in [&b"abc\n"[..], b"xyz\n"] {
+            let got = g.pull("pull", "/tmp/f", &dest, Some(expected)).map_err(|e| e.to_string())?;
+            if got != 4 || std::fs::read(&dest).map_err(|e| e.to_string())? != b"abc\n" {
+                return Err(format!("pulling /tmp/f expecting {expected:?}: {got} bytes, {:?}", std::fs::read(&dest)).into());
+            }
+        }
+        // /proc files have no size: the bytes go on past stat's 0.
+        let outcome = g.pull("pull", "/proc/version", &dest, None);
+        drop(g);
+        qemu_gone(&initrd)?;
+        return match outcome {
+            Err(VmError::Other(why)) if why.contains("goes on past the 0 bytes") => Ok(()),
+            other => Err(format!("pulling /proc/version: unexpected outcome {other:?}").into()),
         };
     }
     let outcome = match Guest::boot(&spec) {
