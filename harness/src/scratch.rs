@@ -51,7 +51,7 @@ pub fn new_tree(parent: &Path, prefix: &str) -> Result<tempfile::TempDir> {
     tempfile::Builder::new().prefix(prefix).tempdir_in(parent).with_context(|| format!("cannot make a directory in {}", parent.display()))
 }
 
-/// Remove everything in `dir` but the entries named `keep`; make `dir` if
+/// Remove everything in `dir` but the entry named `keep`; make `dir` if
 /// it is missing.
 pub fn clear_dir_except(dir: &Path, keep: &str) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
