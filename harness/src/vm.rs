@@ -465,13 +465,13 @@ pub fn parse_size_and_sum(text: &str) -> Option<(u64, String)> {
 
 /// The `n` of a `KHTEST-SIZE n` line.
 fn parse_size(text: &str) -> Option<u64> {
-    text.lines().filter_map(|l| l.strip_prefix("KHTEST-SIZE ")).last()?.trim().parse().ok()
+    text.lines().filter_map(|l| l.strip_prefix("KHTEST-SIZE ")).next_back()?.trim().parse().ok()
 }
 
 /// The hash of a `sha256sum` line.
 fn parse_sum(text: &str) -> Option<String> {
-    let hashes = text.lines().filter_map(|l| l.split_whitespace().next());
-    hashes.filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())).last().map(|h| h.to_ascii_lowercase())
+    let mut hashes = text.lines().filter_map(|l| l.split_whitespace().next());
+    hashes.rfind(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())).map(|h| h.to_ascii_lowercase())
 }
 
 pub fn hex(bytes: &[u8]) -> String {
