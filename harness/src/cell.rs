@@ -45,6 +45,16 @@ fn error(e: anyhow::Error) -> Stop {
     Verdict::Error(format!("{e:#}"))
 }
 
+/// A `make` that ran to its end and failed broke on the tree under test:
+/// FAIL. Anything else (a tool that would not start, a timeout, a killed
+/// make, a full disk) is the host's: ERROR.
+fn build_stop(e: anyhow::Error) -> Stop {
+    match e.downcast_ref::<kbuild::MakeFailed>() {
+        Some(_) => Verdict::Fail(format!("{e:#}")),
+        None => error(e),
+    }
+}
+
 fn vm_stop(e: VmError) -> Stop {
     match e {
         VmError::Crash { .. } => Verdict::Fail(e.to_string()),
@@ -213,7 +223,7 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         let before = std::fs::metadata(&image).and_then(|m| m.modified()).ok();
         let archive_before = checks::snapshot(&build.archive()).ok();
         let from = log_len(&build_log);
-        let a = build.build(&config, &build_log, s.build_limit).map_err(error)?;
+        let a = build.build(&config, &build_log, s.build_limit).map_err(build_stop)?;
         run.kernel_built = before != std::fs::metadata(&image).and_then(|m| m.modified()).ok();
         copy(&a.archive, &built)?;
         // A make that found the kernel built is a no-op rebuild already.
@@ -231,7 +241,7 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         }
         let before = checks::snapshot(&artifacts.archive).map_err(|e| error(e.into()))?;
         let log = run.dir.join("rebuild.log");
-        build.rebuild(&log, s.build_limit).map_err(error)?;
+        build.rebuild(&log, s.build_limit).map_err(build_stop)?;
         run.check(name, noop(&before, &log, 0)?)
     })?;
     if cell.regen {
@@ -250,7 +260,7 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
                 return Ok(());
             }
             let scratch = tree.build_dir(&format!("{build_key}-regen"));
-            let steps = regen::run(&build, &artifacts.archive, &scratch, &run.dir, s.build_limit).map_err(error)?;
+            let steps = regen::run(&build, &artifacts.archive, &scratch, &run.dir, s.build_limit).map_err(build_stop)?;
             regen::remember(&passed, &steps).map_err(error)?;
             for (name, v) in steps {
                 run.check(name, v)?;
@@ -289,7 +299,7 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         });
         let mut lane = run.lane();
         let from_image = scope.spawn(move || {
-            let r = host.from_image_lane(&mut lane);
+            let r = host.image_lane(&mut lane);
             (lane, r)
         });
         let guest = guest_lane(run, cell, s, &spec, &built, artifacts.kheaders_ko.is_some()).and_then(|mut guest| {
@@ -434,7 +444,7 @@ impl Host<'_> {
     }
 
     /// The archive out of the kernel files, without booting.
-    fn from_image_lane(&self, run: &mut Run) -> Result<(), Stop> {
+    fn image_lane(&self, run: &mut Run) -> Result<(), Stop> {
         run.phase("from-image", |run| {
             // Out of kheaders.ko for =m, else out of vmlinux and out of the
             // (compressed) boot image.

@@ -7,12 +7,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 use crate::matrix::{Arch, BuildKind, Cell, Kheaders};
+use crate::buildlog::{self, Failure};
 use crate::process::{run_logged, tail};
 
 /// A `.config` as symbol → value (`y`, `m`, `n`, a number or a quoted string).
@@ -247,42 +249,53 @@ impl Build {
 
     fn run_make(&self, mut cmd: Command, args: &[&str], log: &Path, limit: Duration) -> Result<()> {
         cmd.args(args);
-        let st = run_logged(&mut cmd, log, limit)?;
-        if !st.success() {
-            // With -j the first error is rarely among the last lines.
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let errors = first_errors(&text, 5);
-            bail!(
-                "`make {}` failed ({st}); {}last lines of {}:\n{}",
-                args.join(" "),
-                if errors.is_empty() { String::new() } else { format!("first errors:\n{}\n", errors.join("\n")) },
-                log.display(),
-                tail(log, 20)
-            );
+        let args = args.join(" ");
+        // Not starting and running out of time are the host's: errors as they are.
+        let status = run_logged(&mut cmd, log, limit)?;
+        if status.success() {
+            return Ok(());
         }
-        Ok(())
+        let text = std::fs::read(log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let failure = buildlog::first_failure(&text);
+        // Killed, or out of space: nothing is known about the tree.
+        if let Some(sig) = status.signal() {
+            bail!("`make {args}` was killed by signal {sig} (log: {})", log.display());
+        }
+        if failure.no_space {
+            bail!("`make {args}` ran out of disk space (log: {}):\n{}", log.display(), failure.quote("    ").trim_end());
+        }
+        let tail = if failure.lines.is_empty() { tail(log, 20) } else { String::new() };
+        Err(MakeFailed { args, status, log: log.to_owned(), failure, tail }.into())
     }
 }
 
-/// The first `n` lines of a build log that report an error.
-pub fn first_errors(log: &str, n: usize) -> Vec<&str> {
-    log.lines()
-        .filter(|l| l.contains(": error:") || l.contains("*** No rule") || (l.starts_with("make") && l.contains("*** ") && !l.contains("Error ")))
-        .take(n)
-        .collect()
+/// `make` ran to its end and failed: the tree under test (or its
+/// configuration) broke the build, not the host.
+#[derive(Debug, thiserror::Error)]
+pub struct MakeFailed {
+    pub args: String,
+    pub status: ExitStatus,
+    pub log: PathBuf,
+    /// What the log says went wrong.
+    pub failure: Failure,
+    /// The log's last lines, when it names no error.
+    pub tail: String,
+}
+
+impl std::fmt::Display for MakeFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let log = self.log.file_name().unwrap_or_default().to_string_lossy();
+        write!(f, "`make {}` failed ({})", self.args, self.status)?;
+        match self.failure.line {
+            Some(n) if !self.failure.lines.is_empty() => write!(f, "; first errors ({log} line {n}):\n{}", self.failure.quote("    "))?,
+            _ => write!(f, "; the log names no error, it ends:\n{}\n", self.tail)?,
+        }
+        write!(f, "  log: {}", self.log.display())
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn first_errors_skip_the_cascade() {
-        let log = "  CC      a.o\nmake[3]: *** No rule to make target 'Module.symvers', needed by 'kernel/kheaders_data.tar.xz'.  Stop.\n\
-                   make[2]: *** [scripts/Makefile.build:471: kernel] Error 2\nfoo.c:1:2: error: bad\n";
-        let e = super::first_errors(log, 5);
-        assert_eq!(e.len(), 2, "{e:?}");
-        assert!(e[0].contains("Module.symvers") && e[1].contains("foo.c"));
-    }
-
     use super::*;
     use crate::matrix::Matrix;
 

@@ -2,7 +2,8 @@
 //!
 //! One module per stage of the flow (DESIGN.md §5):
 //! [`matrix`] reads the cells, [`tree`] prepares the kernel source,
-//! [`kbuild`] configures and builds, [`image`] makes the initramfs, [`vm`]
+//! [`kbuild`] configures and builds ([`buildlog`] reads why a build
+//! failed), [`image`] makes the initramfs, [`vm`]
 //! boots and drives the guest, [`checks`] judges what came out of it, and
 //! [`report`] says what happened. [`bpf`] compiles an eBPF program against
 //! the headers; [`regen`] drives the archive's build rules
@@ -11,6 +12,7 @@
 
 pub mod bench;
 pub mod bpf;
+pub mod buildlog;
 pub mod cache;
 pub mod cell;
 pub mod extract;

@@ -139,7 +139,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("khtest: error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(report::EXIT_USAGE)
         }
     }
 }
@@ -182,8 +182,7 @@ fn real_main() -> Result<ExitCode> {
             if let Some(sig) = khtest::process::interrupted() {
                 return Ok(ExitCode::from(128 + sig as u8));
             }
-            let bad = reports.iter().any(|r| r.verdict.is_bad());
-            Ok(if bad { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(ExitCode::from(report::exit_code(&reports)))
         }
         Cmd::Tree { place, unpatched } => {
             let s = place.settings(&project, None)?;

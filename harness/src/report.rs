@@ -2,8 +2,11 @@
 //! table for people and `results.json` for tools.
 //!
 //! PASS: every check passed. FAIL: a check found the kernel (or the series)
-//! at fault. ERROR: the harness or the host failed (a tool, a build, a hung
-//! guest), so nothing is known about the kernel. SKIP: not run, with why.
+//! at fault, including a kernel build that broke once its tree and config
+//! were accepted. ERROR: the harness or the host failed (a missing tool, a
+//! full disk, a timeout, a killed make, a hung guest), so nothing is known
+//! about the kernel. SKIP: not run, with why. [`exit_code`] tells them
+//! apart to scripts.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -130,6 +133,27 @@ impl CellReport {
     }
 }
 
+/// `khtest run`'s exit status: every cell passed (or was skipped).
+pub const EXIT_PASS: u8 = 0;
+/// Some cell FAILed and none had an ERROR: the kernel or the series is at fault.
+pub const EXIT_FAIL: u8 = 1;
+/// khtest could not start the run: a bad command line, matrix or setting.
+pub const EXIT_USAGE: u8 = 2;
+/// Some cell had an ERROR (whatever the others did): the host or the
+/// harness failed and the run must be repeated once it is fixed.
+pub const EXIT_ERROR: u8 = 3;
+
+/// The exit status for a run that produced `reports`.
+pub fn exit_code(reports: &[CellReport]) -> u8 {
+    if reports.iter().any(|r| matches!(r.verdict, Verdict::Error(_))) {
+        EXIT_ERROR
+    } else if reports.iter().any(|r| matches!(r.verdict, Verdict::Fail(_))) {
+        EXIT_FAIL
+    } else {
+        EXIT_PASS
+    }
+}
+
 /// The phases shown as columns, in flow order.
 pub const TABLE_PHASES: &[&str] = &["build", "boot", "pull", "extract", "modbuild", "load"];
 
@@ -214,6 +238,16 @@ mod tests {
         r.retries.push("boot: timed out after 120 s during boot".into());
         assert!(table(std::slice::from_ref(&r)).contains("PASS*"));
         assert!(r.explain().contains("retried: boot: timed out"), "{}", r.explain());
+    }
+
+    #[test]
+    fn exit_codes_tell_the_kernels_fault_from_the_hosts() {
+        let with = |vs: &[Verdict]| exit_code(&vs.iter().cloned().map(report).collect::<Vec<_>>());
+        assert_eq!(with(&[]), EXIT_PASS);
+        assert_eq!(with(&[Verdict::Pass, Verdict::Skip("arm64 only".into())]), EXIT_PASS);
+        assert_eq!(with(&[Verdict::Pass, Verdict::Fail("no Hello".into())]), EXIT_FAIL);
+        assert_eq!(with(&[Verdict::Error("no qemu".into()), Verdict::Pass]), EXIT_ERROR);
+        assert_eq!(with(&[Verdict::Fail("x".into()), Verdict::Error("y".into())]), EXIT_ERROR);
     }
 
     #[test]

@@ -1,16 +1,23 @@
 //! What the host or the input gets wrong, end to end through the `khtest`
 //! binary, with a fake kernel tree (a Makefile that plays kbuild) so that no
 //! kernel is built: a malformed matrix, a Kconfig option that does not
-//! stick, a kernel build that fails. Each must give its own clear verdict,
-//! and one cell's failure must not stop the others.
+//! stick, a kernel build that fails (the tree's fault: FAIL), a make that
+//! is killed or runs out of space (the host's: ERROR). Each must give its
+//! own clear verdict and exit status, and one cell's failure must not stop
+//! the others.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-const FAKE_MAKEFILE: &str = r#"# A fake kernel tree: configures like kbuild, then fails to build.
+const FAKE_MAKEFILE: &str = r#"# A fake kernel tree: configures like kbuild, then fails to build, in
+# the way the cell's config asks for.
 all:
 	@echo "  CC      kernel/fake.o"
+	@if grep -q CONFIG_FAKE_KILLED $(O)/.config; then kill -KILL $$PPID; sleep 5; fi
+	@if grep -q CONFIG_FAKE_NO_SPACE $(O)/.config; then \
+		echo "kernel/fake.o: No space left on device" >&2; exit 1; fi
 	@echo "kernel/fake.c:1:1: error: this build is broken on purpose" >&2
+	@echo "  CC      kernel/other.o"
 	@exit 2
 
 tinyconfig:
@@ -33,6 +40,18 @@ const MATRIX: &str = "cells:
     kheaders: y
     patched: false
     modbuild: false
+  - name: killed
+    arch: x86_64
+    kheaders: y
+    patched: false
+    modbuild: false
+    fragments: [killed.config]
+  - name: no-space
+    arch: x86_64
+    kheaders: y
+    patched: false
+    modbuild: false
+    fragments: [no-space.config]
 ";
 
 fn khtest(args: &[&str], dir: &Path) -> Output {
@@ -57,6 +76,8 @@ fn setup(dir: &Path) {
     std::fs::create_dir_all(configs.join("fragments")).unwrap();
     std::fs::write(configs.join("matrix.yaml"), MATRIX).unwrap();
     std::fs::write(configs.join("fragments/dropped.config"), "CONFIG_DROPPED=y\n").unwrap();
+    std::fs::write(configs.join("fragments/killed.config"), "CONFIG_FAKE_KILLED=y\n").unwrap();
+    std::fs::write(configs.join("fragments/no-space.config"), "CONFIG_FAKE_NO_SPACE=y\n").unwrap();
 }
 
 fn results(dir: &Path, cell: &str) -> serde_json::Value {
@@ -65,7 +86,7 @@ fn results(dir: &Path, cell: &str) -> serde_json::Value {
 }
 
 #[test]
-fn an_option_that_did_not_stick_fails_and_a_broken_build_is_an_error_and_both_are_reported() {
+fn a_broken_build_is_the_trees_fault_a_killed_or_full_one_the_hosts_and_all_are_reported() {
     let d = tempfile::tempdir().unwrap();
     setup(d.path());
     let matrix = d.path().join("configs/matrix.yaml");
@@ -73,7 +94,7 @@ fn an_option_that_did_not_stick_fails_and_a_broken_build_is_an_error_and_both_ar
     let out = khtest(&["--matrix", matrix.to_str().unwrap(), "run", "--tree", tree.to_str().unwrap()], d.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(out.status.code(), Some(3), "an ERROR cell makes the run exit 3\nstdout:\n{stdout}\nstderr:\n{stderr}");
 
     let dropped = results(d.path(), "dropped");
     assert_eq!(dropped["status"], "FAIL", "{dropped}");
@@ -81,13 +102,29 @@ fn an_option_that_did_not_stick_fails_and_a_broken_build_is_an_error_and_both_ar
     let why = dropped["reason"].as_str().unwrap();
     assert!(why.contains("CONFIG_DROPPED=y requested") && why.contains("did not stick"), "{why}");
 
-    // The first cell's failure did not stop the second.
+    // The first cell's failure did not stop the others. A build that the
+    // tree broke is a FAIL quoting the compiler's line, then make's.
     let broken = results(d.path(), "broken");
-    assert_eq!(broken["status"], "ERROR", "{broken}");
+    assert_eq!(broken["status"], "FAIL", "{broken}");
     assert_eq!(broken["failed_phase"], "build");
     let why = broken["reason"].as_str().unwrap();
-    assert!(why.contains("broken on purpose") && why.contains("build.log"), "the error must show the log's end and path: {why}");
-    assert!(stdout.contains("dropped") && stdout.contains("broken"), "{stdout}");
+    let quoted: Vec<&str> = why.lines().skip(1).take(2).map(str::trim).collect();
+    assert_eq!(quoted, ["kernel/fake.c:1:1: error: this build is broken on purpose", "make: *** [Makefile:9: all] Error 2"], "{why}");
+    assert!(why.contains("build.log line") && why.contains(&d.path().join("out/broken/build.log").display().to_string()), "{why}");
+
+    let killed = results(d.path(), "killed");
+    assert_eq!(killed["status"], "ERROR", "{killed}");
+    assert!(killed["reason"].as_str().unwrap().contains("killed by signal 9"), "{killed}");
+    let full = results(d.path(), "no-space");
+    assert_eq!(full["status"], "ERROR", "{full}");
+    assert!(full["reason"].as_str().unwrap().contains("ran out of disk space"), "{full}");
+    for cell in ["dropped", "broken", "killed", "no-space"] {
+        assert!(stdout.contains(cell), "{stdout}");
+    }
+
+    // FAILs alone exit 1.
+    let out = khtest(&["--matrix", matrix.to_str().unwrap(), "run", "broken", "dropped", "--tree", tree.to_str().unwrap()], d.path());
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -189,7 +226,7 @@ fn a_full_output_disk_is_named_before_anything_is_built() {
         .expect("unshare (Debian package util-linux)");
     let text = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
     assert!(!text.contains("mount:") && !text.contains("unshare:"), "cannot mount a small tmpfs for this test: {text}");
-    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert_eq!(o.status.code(), Some(3), "{text}");
     assert!(text.contains("ERROR broken (in phase preflight)"), "{text}");
     assert!(text.contains(&format!("{} has 1 MiB free", out.join("broken").display())) || text.contains(&format!("{} has 0 MiB free", out.join("broken").display())), "the error must name the path and its free space: {text}");
     assert!(!d.path().join("cache/trees").exists(), "nothing may be unpacked or built before the space is checked");
