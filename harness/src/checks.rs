@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use kheaders_selftest::{archive, contents, modbuild};
 
+use crate::buildlog;
 use crate::matrix::Arch;
 use crate::report::Verdict;
 
@@ -129,16 +130,21 @@ pub fn build_testmod(headers: &Path, testmod: &Path, arch: Arch, work: &Path, lo
             format!("the module built, but modpost did not warn that Module.symvers is missing (log: {})", log.display()),
         )),
         (true, Some(ko)) if b.errors.is_empty() => Ok(ko),
-        _ => {
-            let mut why = format!("`{}` failed (log: {})", b.command, log.display());
-            let lines = if b.errors.is_empty() { tail_lines(log, 10) } else { b.errors };
-            for l in lines.iter().take(10) {
-                why.push_str("\n    ");
-                why.push_str(l);
-            }
-            Err(Verdict::Fail(why))
-        }
+        _ => Err(Verdict::Fail(modbuild_failure(&b.command, log))),
     }
+}
+
+/// Why the module build at `log` failed, as kbuild said it: its first
+/// errors, or the log's last lines when it names none.
+fn modbuild_failure(command: &str, log: &Path) -> String {
+    let text = std::fs::read(log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let failure = buildlog::first_failure(&text);
+    let mut why = format!("`{command}` failed");
+    match failure.line {
+        Some(n) if !failure.lines.is_empty() => why += &format!("; first errors (line {n}):\n{}", failure.quote("    ")),
+        _ => why += &format!("; the log names no error, it ends:\n    {}\n", tail_lines(log, 10).join("\n    ")),
+    }
+    why + &format!("  log: {}", log.display())
 }
 
 fn tail_lines(path: &Path, n: usize) -> Vec<String> {
@@ -199,14 +205,40 @@ pub fn kselftest_tap(text: &str, test: &str) -> Verdict {
     }) else {
         return Verdict::Fail(format!("the kselftest output has no result line for {name}"));
     };
-    let subtests_failed: Vec<&str> = text.lines().filter(|l| l.trim_start_matches("# ").starts_with("not ok ")).collect();
     if line.starts_with("not ok") {
-        return Verdict::Fail(format!("{line}; failed: {}", subtests_failed.join(" | ")));
+        return Verdict::Fail(format!("{line}{}", failed_subtests(text)));
     }
     if let Some((_, why)) = line.split_once("# SKIP") {
         return Verdict::Fail(format!("the kselftest skipped itself:{why}"));
     }
     Verdict::Pass
+}
+
+/// Each `not ok` subtest of the kselftest runner's output (its lines
+/// prefixed `# `), with what its diagnostics (`# # ...`) say went wrong:
+/// a build log's first errors, or else their last lines.
+fn failed_subtests(text: &str) -> String {
+    let mut out = String::new();
+    let mut diag: Vec<&str> = Vec::new();
+    for l in text.lines() {
+        let Some(sub) = l.trim_start().strip_prefix("# ") else { continue };
+        if let Some(d) = sub.strip_prefix("# ").or_else(|| (sub == "#").then_some("")) {
+            diag.push(d);
+            continue;
+        }
+        if sub.starts_with("not ok ") {
+            out += &format!("\n  {sub}");
+            let f = buildlog::first_failure(&diag.join("\n"));
+            let why = if f.lines.is_empty() { diag[diag.len().saturating_sub(3)..].iter().map(|l| l.to_string()).collect() } else { f.lines };
+            for w in why {
+                out += &format!("\n    {w}");
+            }
+        }
+        if sub.starts_with("ok ") || sub.starts_with("not ok ") {
+            diag.clear();
+        }
+    }
+    out
 }
 
 /// The test module's messages, as `selftests/kheaders/testmod/test.c` prints them.
@@ -258,6 +290,25 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_module_build_names_modposts_error_not_the_log() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("modbuild.log");
+        std::fs::write(
+            &log,
+            "  CC [M]  /w/testmod/test.o\n  MODPOST /w/testmod/Module.symvers\nWARNING: Module.symvers is missing.\n\
+             ERROR: modpost: \"khtest_nothing\" [/w/testmod/test.ko] undefined!\n\
+             make[2]: *** [scripts/Makefile.modpost:145: /w/testmod/Module.symvers] Error 1\nmake[1]: *** [Makefile:1: modules] Error 2\n",
+        )
+        .unwrap();
+        let why = modbuild_failure("make -C h M=/w/testmod modules", &log);
+        let lines: Vec<&str> = why.lines().map(str::trim).collect();
+        assert_eq!(lines[1], "ERROR: modpost: \"khtest_nothing\" [/w/testmod/test.ko] undefined!", "{why}");
+        assert!(lines[2].starts_with("make[2]: ***") && lines[3].contains("modbuild.log") && lines.len() == 4, "{why}");
+        std::fs::write(&log, "Killed\n").unwrap();
+        assert!(modbuild_failure("make", &log).contains("names no error, it ends:\n    Killed"));
+    }
+
+    #[test]
     fn kernel_log_check() {
         assert_eq!(kernel_log_has("insmod", "[ 1.0] test: loading\n[ 1.1] Hello, world\n", HELLO), Verdict::Pass);
         let v = kernel_log_has("rmmod", "[ 1.1] Hello, world\n", GOODBYE);
@@ -305,6 +356,25 @@ mod tests {
         let fail = "# ok 1 archive extracts\n# not ok 3 module builds against the archive\n\
                     not ok 1 selftests: kheaders: run_kheaders_modbuild.sh # exit=1\n";
         assert!(matches!(kselftest_tap(fail, t), Verdict::Fail(r) if r.contains("not ok 3 module builds")));
+        // The script prints the module build's log as diagnostics before
+        // its `not ok`: the verdict quotes the first error, not the log.
+        let diag = "# ok 2 archive has no Module.symvers\n# # make: Entering directory '/tmp/h'\n\
+                    # #   CC [M]  /tmp/m/test.o\n# # /tmp/m/test.c:9:2: error: expected ';' before '}' token\n\
+                    # # make[2]: *** [scripts/Makefile.build:229: /tmp/m/test.o] Error 1\n# # make[1]: *** [Makefile:1: x] Error 2\n\
+                    # not ok 3 module builds against the archive\n# ok 4 module loads # SKIP no module\n\
+                    not ok 1 selftests: kheaders: run_kheaders_modbuild.sh # exit=1\n";
+        let v = kselftest_tap(diag, t);
+        let Verdict::Fail(r) = &v else { panic!("{v:?}") };
+        let lines: Vec<&str> = r.lines().map(str::trim).collect();
+        assert_eq!(
+            lines,
+            [
+                "not ok 1 selftests: kheaders: run_kheaders_modbuild.sh # exit=1",
+                "not ok 3 module builds against the archive",
+                "/tmp/m/test.c:9:2: error: expected ';' before '}' token",
+                "make[2]: *** [scripts/Makefile.build:229: /tmp/m/test.o] Error 1",
+            ]
+        );
         let skip = "# 1..0 # SKIP no archive\nok 1 selftests: kheaders: run_kheaders_modbuild.sh # SKIP\n";
         assert!(matches!(kselftest_tap(skip, t), Verdict::Fail(r) if r.contains("skipped")));
         assert!(matches!(kselftest_tap("make: *** No rule\n", t), Verdict::Fail(r) if r.contains("no result line")));

@@ -325,9 +325,12 @@ pub fn generator_failed(succeeded: bool, output: &str, archive_written: bool, mi
         return Verdict::Fail("the generator failed but left an archive behind".into());
     }
     if !output.contains(missing) {
-        return Verdict::Fail(format!(
-            "the generator failed without saying why (its error was discarded): no mention of {missing} in {output:?}"
-        ));
+        let said: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+        let said = match &said[said.len().saturating_sub(3)..] {
+            [] => "it printed nothing".to_owned(),
+            last => format!("it printed, last:\n    {}", last.join("\n    ")),
+        };
+        return Verdict::Fail(format!("the generator failed without saying why (its error was discarded): no mention of {missing}; {said}"));
     }
     Verdict::Pass
 }
@@ -357,7 +360,9 @@ mod tests {
         assert_eq!(generator_failed(false, msg, false, "khtest-missing.h"), Verdict::Pass);
         assert!(matches!(generator_failed(true, "", true, "khtest-missing.h"), Verdict::Fail(m) if m.contains("exited 0")));
         assert!(matches!(generator_failed(false, msg, true, "khtest-missing.h"), Verdict::Fail(m) if m.contains("left an archive")));
-        assert!(matches!(generator_failed(false, "", false, "khtest-missing.h"), Verdict::Fail(m) if m.contains("discarded")));
+        assert!(matches!(generator_failed(false, "", false, "khtest-missing.h"), Verdict::Fail(m) if m.contains("discarded") && m.ends_with("it printed nothing")));
+        let other = "+ set -e\nxz: (stdin): Compressed data is corrupt\n";
+        assert!(matches!(generator_failed(false, other, false, "khtest-missing.h"), Verdict::Fail(m) if m.ends_with("last:\n    + set -e\n    xz: (stdin): Compressed data is corrupt")));
     }
 
     #[test]
