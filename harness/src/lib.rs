@@ -1,6 +1,6 @@
 //! khtest: the end-to-end harness for the in-kernel headers archive.
 //!
-//! One module per stage of the flow (DESIGN.md §5):
+//! One module per stage of the flow (docs/design.md):
 //! [`matrix`] reads the cells, [`tree`] prepares the kernel source,
 //! [`kbuild`] configures and builds ([`buildlog`] reads why a build
 //! failed), [`image`] makes the initramfs, [`vm`]
