@@ -8,6 +8,11 @@
 //! searched the same way. An xz stream is the archive when it decodes to a
 //! tar that has `include/linux/kconfig.h`; its exact length is what the
 //! xz decoder consumed.
+//!
+//! Any input may be hostile (an xz bomb), so memory and time are bounded:
+//! a stream is read as a tar as it decodes, keeping nothing, and given up
+//! at its first block that is not a tar header, or past [`ARCHIVE_LIMIT`];
+//! only a compressed payload is kept in memory, up to [`PAYLOAD_LIMIT`].
 
 use std::io::Read;
 use std::path::Path;
@@ -18,6 +23,14 @@ const XZ_MAGIC: &[u8] = b"\xfd7zXZ\x00";
 const GZIP_MAGIC: &[u8] = b"\x1f\x8b\x08";
 /// A tar entry every kheaders archive has, headers-only or not.
 const MARKER: &str = "include/linux/kconfig.h";
+
+/// The most a kheaders tar may unpack to: ten times the largest archive
+/// (51 MB with the module-build files). Decoding stops past it.
+pub const ARCHIVE_LIMIT: u64 = 512 << 20;
+
+/// The most a compressed kernel payload may unpack to: it is searched in
+/// memory. A stripped x86_64 or arm64 kernel is well under it.
+pub const PAYLOAD_LIMIT: u64 = 128 << 20;
 
 /// Where the archive was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,46 +83,59 @@ impl Finder {
     /// Find the archive in `bytes`, directly or inside a compressed payload.
     pub fn find(&self, bytes: &[u8]) -> Result<Found> {
         let mut payloads = Vec::new();
+        let mut too_large = Vec::new();
         for off in occurrences(bytes, XZ_MAGIC) {
             match self.decode_at(&bytes[off..]) {
                 Some(Stream::Archive(used)) => return Ok(Found { archive: bytes[off..off + used].to_vec(), offset: off, inside: None }),
+                Some(Stream::TooLarge(what)) => too_large.push(format!("the xz stream at offset {off} {what}")),
                 // Not the archive: maybe a compressed kernel that holds it.
-                Some(Stream::Other(out)) => payloads.push(("xz", off, out)),
-                None => {}
+                None => match unpack_limited(liblzma::read::XzDecoder::new(&bytes[off..])) {
+                    Ok(Some(out)) => payloads.push(("xz", off, out)),
+                    Ok(None) => too_large.push(format!("the xz stream at offset {off} unpacks to more than {} MiB", PAYLOAD_LIMIT >> 20)),
+                    Err(_) => {}
+                },
             }
         }
         for off in occurrences(bytes, GZIP_MAGIC) {
-            if let Some(out) = gunzip(&bytes[off..]) {
-                payloads.push(("gzip", off, out));
+            match unpack_limited(flate2::read::GzDecoder::new(&bytes[off..])) {
+                Ok(Some(out)) => payloads.push(("gzip", off, out)),
+                Ok(None) => too_large.push(format!("the gzip stream at offset {off} unpacks to more than {} MiB", PAYLOAD_LIMIT >> 20)),
+                Err(_) => {}
             }
         }
         // A compressed kernel: search what it unpacks to (one level only).
         for (kind, at, payload) in payloads {
             for off in occurrences(&payload, XZ_MAGIC) {
-                if let Some(Stream::Archive(used)) = self.decode_at(&payload[off..]) {
-                    return Ok(Found { archive: payload[off..off + used].to_vec(), offset: off, inside: Some((kind, at)) });
+                match self.decode_at(&payload[off..]) {
+                    Some(Stream::Archive(used)) => {
+                        return Ok(Found { archive: payload[off..off + used].to_vec(), offset: off, inside: Some((kind, at)) })
+                    }
+                    Some(Stream::TooLarge(what)) => too_large.push(format!("the xz stream at offset {off} of the {kind} payload {what}")),
+                    None => {}
                 }
             }
         }
-        bail!("no xz stream in it, or in what it unpacks to, is a kheaders archive")
+        if too_large.is_empty() {
+            bail!("no xz stream in it, or in what it unpacks to, is a kheaders archive")
+        }
+        bail!("no xz stream in it, or in what it unpacks to, is a kheaders archive; not searched: {}", too_large.join("; "))
     }
 
-    /// What the xz stream at the start of `data` is; `None` if there is
-    /// no valid stream there.
+    /// Whether the xz stream at the start of `data` is the archive; `None`
+    /// if it is not (or is no valid stream).
     fn decode_at(&self, data: &[u8]) -> Option<Stream> {
         if let Some(k) = self.known.iter().find(|k| data.starts_with(k)) {
             return Some(Stream::Archive(k.len()));
         }
-        let (out, used) = unxz(data)?;
-        Some(if is_kheaders_tar(&out) { Stream::Archive(used) } else { Stream::Other(out) })
+        probe_archive(data)
     }
 }
 
 enum Stream {
     /// A kheaders archive, this many bytes long.
     Archive(usize),
-    /// Another stream, decoded.
-    Other(Vec<u8>),
+    /// A tar with the marker that unpacks to more than [`ARCHIVE_LIMIT`].
+    TooLarge(String),
 }
 
 /// Find the archive in `bytes`, directly or inside a compressed payload.
@@ -121,26 +147,43 @@ fn occurrences<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usiz
     hay.windows(needle.len()).enumerate().filter(move |(_, w)| *w == needle).map(|(i, _)| i)
 }
 
-/// Decode the one xz stream at the start of `data`: what it decodes to and
-/// how many bytes of `data` it is. `None` if it is not a valid stream.
-fn unxz(data: &[u8]) -> Option<(Vec<u8>, usize)> {
+/// Read the xz stream at the start of `data` as a tar while it decodes,
+/// keeping nothing: the archive's length if it is a kheaders tar. It is
+/// given up at the first block that is not a tar header (a kernel, or a
+/// bomb of zeros: at once), or once it unpacks past [`ARCHIVE_LIMIT`].
+fn probe_archive(data: &[u8]) -> Option<Stream> {
     let stream = liblzma::stream::Stream::new_stream_decoder(u64::MAX, 0).ok()?;
     let mut dec = liblzma::bufread::XzDecoder::new_stream(data, stream);
-    let mut out = Vec::new();
-    dec.read_to_end(&mut out).ok()?;
-    Some((out, dec.total_in() as usize))
+    let mut limited = (&mut dec).take(ARCHIVE_LIMIT + 1);
+    let too_large = || Stream::TooLarge(format!("is a tar with {MARKER} that unpacks to more than {} MiB", ARCHIVE_LIMIT >> 20));
+    let mut has_marker = false;
+    {
+        let mut tar = tar::Archive::new(&mut limited);
+        for entry in tar.entries().ok()? {
+            match entry {
+                Ok(e) => has_marker |= e.path().is_ok_and(|p| p.to_string_lossy().trim_start_matches("./") == MARKER),
+                // Cut off by the limit, or not a tar (any more).
+                Err(_) => break,
+            }
+        }
+    }
+    if !has_marker {
+        return None;
+    }
+    // After the tar's end: the stream's own end, to know its length.
+    std::io::copy(&mut limited, &mut std::io::sink()).ok()?;
+    if limited.limit() == 0 {
+        return Some(too_large());
+    }
+    Some(Stream::Archive(dec.total_in() as usize))
 }
 
-fn gunzip(data: &[u8]) -> Option<Vec<u8>> {
+/// What `reader` decodes to, up to [`PAYLOAD_LIMIT`]: `None` past it,
+/// an error if it is not a valid stream.
+fn unpack_limited(reader: impl Read) -> std::io::Result<Option<Vec<u8>>> {
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(data).read_to_end(&mut out).ok()?;
-    Some(out)
-}
-
-fn is_kheaders_tar(data: &[u8]) -> bool {
-    let mut tar = tar::Archive::new(data);
-    let Ok(entries) = tar.entries() else { return false };
-    entries.flatten().any(|e| e.path().is_ok_and(|p| p.to_string_lossy().trim_start_matches("./") == MARKER))
+    reader.take(PAYLOAD_LIMIT + 1).read_to_end(&mut out)?;
+    Ok((out.len() as u64 <= PAYLOAD_LIMIT).then_some(out))
 }
 
 #[cfg(test)]

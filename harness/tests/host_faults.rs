@@ -231,3 +231,45 @@ fn a_full_output_disk_is_named_before_anything_is_built() {
     assert!(text.contains(&format!("{} has 1 MiB free", out.join("broken").display())) || text.contains(&format!("{} has 0 MiB free", out.join("broken").display())), "the error must name the path and its free space: {text}");
     assert!(!d.path().join("cache/trees").exists(), "nothing may be unpacked or built before the space is checked");
 }
+
+/// `khtest extract` on a hostile file: the exit status, what it printed,
+/// and its peak resident memory in MiB.
+fn extract_measured(input: &Path, out: &Path) -> (Option<i32>, String, i64) {
+    let child = Command::new(env!("CARGO_BIN_EXE_khtest"))
+        .arg("extract")
+        .arg(input)
+        .arg("-o")
+        .arg(out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    // SAFETY: getrusage fills the struct we pass; RUSAGE_CHILDREN covers
+    // the children this test process has waited for (nextest runs each
+    // test in a process of its own; each bomb gets its own test).
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let text = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    (o.status.code(), text, ru.ru_maxrss / 1024)
+}
+
+fn an_xz_bomb_is_refused_in_bounded_memory(bomb: &str, why: &str) {
+    let d = tempfile::tempdir().unwrap();
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("test_data/xz-bombs").join(bomb);
+    let (code, text, rss_mib) = extract_measured(&input, &d.path().join("k.tar.xz"));
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("no kheaders archive in") && text.contains(why), "{text}");
+    assert!(rss_mib <= 256, "khtest extract took {rss_mib} MiB on {bomb}: {text}");
+    assert!(!d.path().join("k.tar.xz").exists(), "nothing may be written");
+}
+
+#[test]
+fn an_xz_bomb_of_zeros_is_refused_in_bounded_memory() {
+    an_xz_bomb_is_refused_in_bounded_memory("zeros-1g.xz", "unpacks to more than 128 MiB");
+}
+
+#[test]
+fn an_xz_bomb_shaped_like_the_archive_is_refused_in_bounded_memory() {
+    an_xz_bomb_is_refused_in_bounded_memory("tar-1g.xz", "is a tar with include/linux/kconfig.h that unpacks to more than 512 MiB");
+}
