@@ -273,3 +273,34 @@ fn an_xz_bomb_of_zeros_is_refused_in_bounded_memory() {
 fn an_xz_bomb_shaped_like_the_archive_is_refused_in_bounded_memory() {
     an_xz_bomb_is_refused_in_bounded_memory("tar-1g.xz", "is a tar with include/linux/kconfig.h that unpacks to more than 512 MiB");
 }
+
+/// The object trees the cache holds: one per tree and build key.
+fn object_trees(cache: &Path) -> usize {
+    let Ok(trees) = std::fs::read_dir(cache.join("trees")) else { return 0 };
+    trees
+        .flatten()
+        .filter(|t| t.path().is_dir())
+        .flat_map(|t| std::fs::read_dir(t.path()).unwrap().flatten())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".khtest-build-"))
+        .count()
+}
+
+#[test]
+fn an_edit_deep_in_a_tree_dir_rebuilds_and_no_edit_does_not() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    let deep = d.path().join("tree/arch/x86/include/asm/page.h");
+    std::fs::create_dir_all(deep.parent().unwrap()).unwrap();
+    std::fs::write(&deep, "#define PAGE_SHIFT 12\n").unwrap();
+    let matrix = d.path().join("configs/matrix.yaml");
+    let tree = d.path().join("tree");
+    let run = || {
+        let out = khtest(&["--matrix", matrix.to_str().unwrap(), "run", "broken", "--tree", tree.to_str().unwrap()], d.path());
+        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+        object_trees(&d.path().join("cache"))
+    };
+    assert_eq!(run(), 1);
+    assert_eq!(run(), 1, "nothing changed: the same build");
+    std::fs::write(&deep, "#define PAGE_SHIFT 14\n").unwrap();
+    assert_eq!(run(), 2, "an edit deep in the tree must build anew");
+}
