@@ -136,9 +136,9 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
     let lib = |dest: &Path| kheaders_selftest::archive::extract_file(&on.archive, dest).map(drop).map_err(Into::into);
     let tar = |dest: &Path| -> Result<()> {
         std::fs::create_dir_all(dest)?;
-        let st = Command::new("tar").arg("-xJf").arg(&on.archive).arg("-C").arg(dest).status()?;
-        if !st.success() {
-            bail!("tar -xJf failed: {st}");
+        let o = crate::process::output_limited(Command::new("tar").arg("-xJf").arg(&on.archive).arg("-C").arg(dest), Duration::from_secs(300))?;
+        if !o.status.success() {
+            bail!("tar -xJf failed: {}: {}", o.status, String::from_utf8_lossy(&o.stderr));
         }
         Ok(())
     };
@@ -283,7 +283,7 @@ fn generate(build: &Build, kind: &str, dir: &Path) -> Result<(f64, f64)> {
     let mut ls = Command::new("sh");
     ls.arg(&script).args(["list", kind]);
     env(&mut ls);
-    let text = ls.output().context("cannot run gen_kheaders.sh list")?;
+    let text = crate::process::output_limited(&mut ls, Duration::from_secs(300)).context("cannot run gen_kheaders.sh list")?;
     if !text.status.success() {
         bail!("gen_kheaders.sh list {kind} failed: {}", String::from_utf8_lossy(&text.stderr));
     }

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::matrix::Arch;
-use crate::process::{run_logged, tail};
+use crate::process::{output_limited, run_logged, tail, TOOL_LIMIT};
 use crate::report::Verdict;
 
 /// The program's section, and the helpers it calls, by their numbers in
@@ -80,10 +80,10 @@ pub fn compile(program: &Path, headers: &Path, arch: Arch, work: &Path, log: &Pa
     let opt = work.join("kheaders_probe.opt.bc");
     let obj = work.join("kheaders_probe.bpf.o");
     // The clang resource directory: stddef.h and friends without libc.
-    let resource = match Command::new("clang").arg("-print-file-name=include").output() {
+    let resource = match output_limited(Command::new("clang").arg("-print-file-name=include"), TOOL_LIMIT) {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
         Ok(o) => return Verdict::Error(format!("clang -print-file-name failed: {}", String::from_utf8_lossy(&o.stderr))),
-        Err(e) => return Verdict::Error(format!("cannot run clang (Debian package clang): {e}")),
+        Err(e) => return Verdict::Error(format!("cannot run clang (Debian package clang): {e:#}")),
     };
     let mut front = Command::new("clang");
     front.args(clang_args(headers, arch)).args(["-isystem", &resource]).arg("-c").arg(program).arg("-o").arg(&bc);
@@ -104,11 +104,10 @@ pub fn compile(program: &Path, headers: &Path, arch: Arch, work: &Path, log: &Pa
             Err(e) => return Verdict::Error(format!("{e:#}")),
         }
     }
-    let dump = Command::new("llvm-objdump").arg("-h").arg("-d").arg(&obj).output();
-    let dump = match dump {
+    let dump = match output_limited(Command::new("llvm-objdump").arg("-h").arg("-d").arg(&obj), TOOL_LIMIT) {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
         Ok(o) => return Verdict::Error(format!("llvm-objdump failed: {}", String::from_utf8_lossy(&o.stderr))),
-        Err(e) => return Verdict::Error(format!("cannot run llvm-objdump (Debian package llvm): {e}")),
+        Err(e) => return Verdict::Error(format!("cannot run llvm-objdump (Debian package llvm): {e:#}")),
     };
     let machine = std::fs::read(&obj).ok().and_then(|b| elf_machine(&b));
     judge(machine, &dump)

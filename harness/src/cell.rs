@@ -428,7 +428,7 @@ impl Host<'_> {
                 (lane, r)
             });
             let built = if cell.modbuild {
-                run.phase("modbuild", |run| checks::build_testmod(headers, &self.project.testmod_dir(), cell.arch, &run.dir, &run.dir.join("modbuild.log")))
+                run.phase("modbuild", |run| checks::build_testmod(headers, &self.project.testmod_dir(), cell.arch, &run.dir, &run.dir.join("modbuild.log"), self.s.timeouts.command * 5))
                     // The guest lane may have stopped already: then nobody waits.
                     .map(|ko| drop(ko_tx.send(ko)))
             } else {

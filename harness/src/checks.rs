@@ -3,6 +3,7 @@
 //! is unit-tested on inputs made here.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use kheaders_selftest::{archive, contents, modbuild};
 
@@ -113,15 +114,19 @@ pub fn contents(root: &Path, modbuild: bool) -> Verdict {
 
 /// Build `testmod` against the unpacked archive with the documented recipe;
 /// `ARCH`/`CROSS_COMPILE` only when cross-building. Warnings are expected
-/// (there is no `Module.symvers`); an error or a missing `.ko` is a FAIL.
-pub fn build_testmod(headers: &Path, testmod: &Path, arch: Arch, work: &Path, log: &Path) -> Result<PathBuf, Verdict> {
+/// (there is no `Module.symvers`); an error or a missing `.ko` is a FAIL,
+/// a make that runs past `limit` an ERROR.
+pub fn build_testmod(headers: &Path, testmod: &Path, arch: Arch, work: &Path, log: &Path, limit: Duration) -> Result<PathBuf, Verdict> {
     let mut vars = Vec::new();
     if !arch.is_host() {
         vars.push(format!("ARCH={}", arch.kernel_arch()));
         vars.push(format!("CROSS_COMPILE={}", arch.cross_compile()));
     }
-    let b = modbuild::build_module(headers, testmod, work, &vars, log)
-        .map_err(|e| Verdict::Error(format!("cannot run the module build: {e:#}")))?;
+    let run = |cmd: &mut std::process::Command, log: &Path| {
+        let _ = std::fs::remove_file(log);
+        crate::process::run_logged(cmd, log, limit)
+    };
+    let b = modbuild::build_module(headers, testmod, work, &vars, log, run).map_err(|e| Verdict::Error(format!("the module build: {e:#}")))?;
     match (b.ok, b.ko) {
         // Without Module.symvers modpost must warn: silence would mean the
         // archive carries a Module.symvers the contents check missed, or
@@ -306,6 +311,32 @@ mod tests {
         assert!(lines[2].starts_with("make[2]: ***") && lines[3].contains("modbuild.log") && lines.len() == 4, "{why}");
         std::fs::write(&log, "Killed\n").unwrap();
         assert!(modbuild_failure("make", &log).contains("names no error, it ends:\n    Killed"));
+    }
+
+    /// Whether a process whose command line has `marker` is running.
+    fn running(marker: &str) -> bool {
+        let o = std::process::Command::new("pgrep").arg("-f").arg(marker).output().unwrap();
+        !o.stdout.is_empty()
+    }
+
+    #[test]
+    fn a_hung_module_build_is_an_error_at_its_deadline_and_leaves_nothing_running() {
+        let d = tempfile::tempdir().unwrap();
+        let (headers, testmod) = (d.path().join("headers"), d.path().join("testmod"));
+        std::fs::create_dir_all(&headers).unwrap();
+        std::fs::create_dir_all(&testmod).unwrap();
+        std::fs::write(testmod.join("test.c"), "").unwrap();
+        let marker = format!("khtest-hung-modbuild-{}", std::process::id());
+        std::fs::write(headers.join("Makefile"), format!("modules:\n\tsh -c 'sleep 300; echo {marker}'\n")).unwrap();
+        let log = d.path().join("modbuild.log");
+        let t = std::time::Instant::now();
+        let work = d.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let v = build_testmod(&headers, &testmod, Arch::X86_64, &work, &log, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(&v, Verdict::Error(m) if m.contains("timed out after 1 s") && m.contains("modbuild.log")), "{v:?}");
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!running(&marker), "the hung build's child outlived its deadline");
     }
 
     #[test]

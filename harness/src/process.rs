@@ -7,13 +7,17 @@
 //! [`stop_children_on_signals`] ends every registered group before khtest
 //! exits. Children also get `PR_SET_PDEATHSIG`, in case khtest is killed
 //! with SIGKILL.
+//!
+//! Ctrl-Z stops them too: SIGTSTP is passed on to every running group
+//! before khtest stops itself, and SIGCONT after it is continued, as
+//! nextest does. A [`Deadline`] does not count the time khtest was stopped.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,6 +28,37 @@ static RUNNING: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
 
 /// The signal that interrupted khtest, or 0.
 static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+
+/// Nanoseconds khtest has spent stopped (Ctrl-Z) since it started.
+static STOPPED_NANOS: AtomicU64 = AtomicU64::new(0);
+
+fn stopped() -> Duration {
+    Duration::from_nanos(STOPPED_NANOS.load(Ordering::SeqCst))
+}
+
+/// A point in time `limit` from now, moved later by any time khtest spends
+/// stopped meanwhile: a make suspended with Ctrl-Z for an hour has not run
+/// for an hour.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    at: Instant,
+    stopped_before: Duration,
+}
+
+impl Deadline {
+    pub fn after(limit: Duration) -> Deadline {
+        Deadline { at: Instant::now() + limit, stopped_before: stopped() }
+    }
+
+    /// What is left of it (zero once it has passed).
+    pub fn left(&self) -> Duration {
+        (self.at + stopped().saturating_sub(self.stopped_before)).saturating_duration_since(Instant::now())
+    }
+
+    pub fn passed(&self) -> bool {
+        self.left().is_zero()
+    }
+}
 
 /// The signal that interrupted this run, if one did.
 pub fn interrupted() -> Option<i32> {
@@ -61,28 +96,54 @@ pub fn forget(child: &Child) {
 /// process group, and make sure khtest exits with 128 + the signal even if
 /// the main thread is stuck. Call once, early in `main`.
 pub fn stop_children_on_signals() -> Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    use signal_hook::consts::{SIGCONT, SIGHUP, SIGINT, SIGTERM, SIGTSTP};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGTSTP, SIGCONT])?;
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            INTERRUPTED.store(sig, Ordering::SeqCst);
-            let groups: Vec<libc::pid_t> = RUNNING.lock().unwrap().clone();
-            eprintln!("khtest: interrupted (signal {sig}): ending {} child process group(s)", groups.len());
-            for g in &groups {
-                // SAFETY: signalling process groups khtest created.
-                unsafe { libc::kill(-g, libc::SIGTERM) };
+        for sig in signals.forever() {
+            match sig {
+                SIGTSTP => stop_with_children(),
+                SIGCONT => signal_groups(SIGCONT),
+                _ => end_children_and_exit(sig),
             }
-            std::thread::sleep(Duration::from_secs(2));
-            for g in &groups {
-                // SAFETY: as above; a group that is gone already is fine.
-                unsafe { libc::kill(-g, libc::SIGKILL) };
-            }
-            // The main thread normally reports and exits first.
-            std::thread::sleep(Duration::from_secs(10));
-            std::process::exit(128 + sig);
         }
     });
     Ok(())
+}
+
+/// Signal every running child's process group.
+fn signal_groups(sig: i32) {
+    for g in RUNNING.lock().unwrap().iter() {
+        // SAFETY: signalling process groups khtest created; one that is
+        // gone already is fine.
+        unsafe { libc::kill(-g, sig) };
+    }
+}
+
+/// Ctrl-Z: stop the children (in process groups of their own, the
+/// terminal does not), then khtest itself, as the default action would.
+fn stop_with_children() {
+    signal_groups(libc::SIGTSTP);
+    let t = Instant::now();
+    // Returns once khtest is continued (SIGCONT, handled after this).
+    let _ = signal_hook::low_level::emulate_default_handler(libc::SIGTSTP);
+    STOPPED_NANOS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::SeqCst);
+    signal_groups(libc::SIGCONT);
+}
+
+/// SIGINT, SIGTERM, SIGHUP: note the signal, end every child's group
+/// (SIGTERM, then SIGKILL), and exit with 128 + the signal if the main
+/// thread has not reported and exited first.
+fn end_children_and_exit(sig: i32) {
+    INTERRUPTED.store(sig, Ordering::SeqCst);
+    let groups = RUNNING.lock().unwrap().len();
+    eprintln!("khtest: interrupted (signal {sig}): ending {groups} child process group(s)");
+    signal_groups(libc::SIGTERM);
+    // A stopped group would not act on SIGTERM until continued.
+    signal_groups(libc::SIGCONT);
+    std::thread::sleep(Duration::from_secs(2));
+    signal_groups(libc::SIGKILL);
+    std::thread::sleep(Duration::from_secs(10));
+    std::process::exit(128 + sig);
 }
 
 /// Run `cmd` with stdout and stderr appended to `log`. Fails if it cannot
@@ -98,15 +159,39 @@ pub fn run_logged(cmd: &mut Command, log: &Path, limit: Duration) -> Result<Exit
     wait_limited(child, limit).with_context(|| format!("{} (log: {})", describe(cmd), log.display()))
 }
 
+/// The deadline of a short tool run (`--version`, a listing).
+pub const TOOL_LIMIT: Duration = Duration::from_secs(60);
+
+/// Run `cmd` to its end in a process group of its own, with its output
+/// captured, ending the group if it runs past `limit`.
+pub fn output_limited(cmd: &mut Command, limit: Duration) -> Result<Output> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = spawn_group(cmd).with_context(|| format!("cannot start {}", describe(cmd)))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    // On a timeout the whole group is killed, which closes the pipes.
+    let status = wait_limited(child, limit).with_context(|| describe(cmd))?;
+    Ok(Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() })
+}
+
 /// Wait for `child`, ending its process group if it runs past `limit`.
 pub fn wait_limited(mut child: Child, limit: Duration) -> Result<ExitStatus> {
-    let deadline = Instant::now() + limit;
+    let deadline = Deadline::after(limit);
     loop {
         if let Some(status) = child.try_wait()? {
             forget(&child);
             return Ok(status);
         }
-        if Instant::now() >= deadline {
+        if deadline.passed() {
             kill_group(&mut child);
             bail!("timed out after {} s", limit.as_secs());
         }
@@ -177,6 +262,28 @@ mod tests {
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains("out") && text.contains("err"));
         assert_eq!(tail(&log, 1), "err");
+    }
+
+    #[test]
+    fn a_deadline_does_not_count_time_stopped() {
+        let d = Deadline::after(Duration::from_millis(100));
+        assert!(!d.passed());
+        // As the Ctrl-Z handler records a stop (other deadlines running
+        // in this process only get later).
+        STOPPED_NANOS.fetch_add(Duration::from_secs(60).as_nanos() as u64, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(!d.passed() && d.left() > Duration::from_secs(59), "{:?}", d.left());
+        assert!(Deadline::after(Duration::ZERO).passed(), "a deadline made after the stop does not get its time");
+    }
+
+    #[test]
+    fn output_is_captured_and_a_hang_ends_at_the_deadline() {
+        let o = output_limited(Command::new("sh").args(["-c", "echo out; echo err >&2"]), Duration::from_secs(10)).unwrap();
+        assert_eq!((o.stdout, o.stderr), (b"out\n".to_vec(), b"err\n".to_vec()));
+        let t = Instant::now();
+        let e = output_limited(Command::new("sh").args(["-c", "sleep 30 & sleep 30"]), Duration::from_millis(300)).unwrap_err();
+        assert!(format!("{e:#}").contains("timed out"), "{e:#}");
+        assert!(t.elapsed() < Duration::from_secs(10));
     }
 
     #[test]

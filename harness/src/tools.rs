@@ -112,10 +112,8 @@ fn toolchain(arch: Arch) -> Vec<String> {
 pub fn toolchain_key(arch: Arch) -> Result<String> {
     let mut parts = Vec::new();
     for prog in toolchain(arch) {
-        let out = std::process::Command::new(&prog)
-            .arg("--version")
-            .output()
-            .map_err(|e| anyhow::anyhow!("cannot run `{prog} --version`: {e}"))?;
+        let out = crate::process::output_limited(std::process::Command::new(&prog).arg("--version"), crate::process::TOOL_LIMIT)
+            .map_err(|e| anyhow::anyhow!("cannot run `{prog} --version`: {e:#}"))?;
         if !out.status.success() {
             bail!("`{prog} --version` failed ({})", out.status);
         }

@@ -258,14 +258,9 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
-    let st = Command::new("cp")
-        .args(["-a", "--reflink=auto"])
-        .args(&entries)
-        .arg(to)
-        .status()
-        .context("running cp")?;
-    if !st.success() {
-        bail!("copying {} to {} failed", from.display(), to.display());
+    let o = crate::process::output_limited(Command::new("cp").args(["-a", "--reflink=auto"]).args(&entries).arg(to), Duration::from_secs(900))?;
+    if !o.status.success() {
+        bail!("copying {} to {} failed ({}): {}", from.display(), to.display(), o.status, String::from_utf8_lossy(&o.stderr).trim());
     }
     Ok(())
 }

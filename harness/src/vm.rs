@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::matrix::Arch;
+use crate::process::Deadline;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -300,11 +301,11 @@ impl Guest {
     /// Fill `buf` from the transfer port; returns how much arrived, less
     /// than all of it if nothing came for [`STALL`].
     fn read_xfer(&mut self, phase: &str, buf: &mut [u8], limit: Duration) -> Result<usize, VmError> {
-        let deadline = Instant::now() + limit;
+        let deadline = Deadline::after(limit);
         let mut got = 0;
         let mut last = Instant::now();
         while got < buf.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.left();
             if left.is_zero() {
                 return Err(self.timeout(phase, limit));
             }
@@ -344,7 +345,7 @@ impl Guest {
 
     /// The next complete console line after `pos` that `want` accepts.
     fn wait_line(&mut self, phase: &str, limit: Duration, want: impl Fn(&str) -> bool) -> Result<String, VmError> {
-        let deadline = Instant::now() + limit;
+        let deadline = Deadline::after(limit);
         let mut st = self.console.state.lock().unwrap();
         loop {
             while let Some(nl) = st.text[self.pos..].find('\n') {
@@ -364,7 +365,7 @@ impl Guest {
                 drop(st);
                 return Err(self.exited(phase).unwrap_or(VmError::Other("the console closed".into())));
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.left();
             if left.is_zero() {
                 drop(st);
                 return Err(self.timeout(phase, limit));
@@ -407,8 +408,8 @@ impl Guest {
     /// QEMU if it has not gone within the command timeout.
     pub fn shutdown(mut self) {
         let _ = self.send("shutdown", "reboot -f");
-        let deadline = Instant::now() + self.spec.timeouts.command;
-        while Instant::now() < deadline {
+        let deadline = Deadline::after(self.spec.timeouts.command);
+        while !deadline.passed() {
             if let Ok(Some(_)) = self.child.try_wait() {
                 crate::process::forget(&self.child);
                 return;

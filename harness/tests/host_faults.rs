@@ -198,6 +198,72 @@ fn sigint_during_a_build_ends_make_and_marks_the_cell_interrupted() {
     assert!(r["reason"].as_str().unwrap().contains("interrupted by signal 2"), "{r}");
 }
 
+/// The state letter of a process (`R`, `S`, `T` stopped, `Z`...).
+fn state(pid: &str) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()).unwrap_or('?')
+}
+
+/// Wait up to 10 s for `pid` to be in (or out of) state `T`.
+fn wait_stopped(pid: &str, stopped: bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed().as_secs() < 10 {
+        if (state(pid) == 'T') == stopped {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn ctrl_z_stops_the_build_with_khtest_and_fg_continues_both() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    let marker = format!("khtest-sigtstp-{}", std::process::id());
+    let makefile = FAKE_MAKEFILE.replace(
+        "all:\n\t@echo \"  CC      kernel/fake.o\"",
+        &format!("all:\n\t@sh -c 'sleep 300; echo {marker}'\n\t@echo \"  CC      kernel/fake.o\""),
+    );
+    std::fs::write(d.path().join("tree/Makefile"), makefile).unwrap();
+    let matrix = d.path().join("configs/matrix.yaml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_khtest"))
+        .args(["--matrix", matrix.to_str().unwrap(), "run", "broken", "--tree"])
+        .arg(d.path().join("tree"))
+        .arg("--out")
+        .arg(d.path().join("out"))
+        .arg("--cache")
+        .arg(d.path().join("cache"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sleeper = || {
+        let o = Command::new("pgrep").arg("-f").arg(format!("sleep 300; echo {marker}")).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_owned)
+    };
+    let start = std::time::Instant::now();
+    let build = loop {
+        if let Some(p) = sleeper() {
+            break p;
+        }
+        assert!(start.elapsed().as_secs() < 30, "the fake build never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let me = child.id().to_string();
+    // SAFETY: signalling the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTSTP) };
+    assert!(wait_stopped(&build, true), "the build was not stopped with khtest: state {}", state(&build));
+    assert!(wait_stopped(&me, true), "khtest did not stop itself: state {}", state(&me));
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+    assert!(wait_stopped(&me, false), "khtest did not continue");
+    assert!(wait_stopped(&build, false), "the build was not continued with khtest: state {}", state(&build));
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+}
+
 #[test]
 fn a_full_output_disk_is_named_before_anything_is_built() {
     let d = tempfile::tempdir().unwrap();

@@ -68,7 +68,8 @@ fn main() {
         }
     }
     let log = work.path().join("build.log");
-    match modbuild::build_module(&headers, &testmod_dir(), work.path(), &[], &log) {
+    let deadline = modbuild::run_with_deadline(std::time::Duration::from_secs(900));
+    match modbuild::build_module(&headers, &testmod_dir(), work.path(), &[], &log, deadline) {
         Ok(b) if b.ok => {
             b.warnings.iter().for_each(|w| k.diag(w));
             k.result(Pass, "module builds against the archive", "")

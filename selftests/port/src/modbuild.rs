@@ -2,10 +2,12 @@
 //! archive's documentation tells a user to: `make -C <dir> M=<module> modules`.
 
 use std::fs::File;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 /// The outcome of one module build.
 #[derive(Debug, Clone)]
@@ -21,13 +23,15 @@ pub struct ModBuild {
 
 /// Copy `module_src` to `work/<name>` and build it against `headers`.
 /// `make_vars` are extra `VAR=value` arguments (`ARCH=`, `CROSS_COMPILE=`);
-/// the recipe itself needs none. Output goes to `log`.
+/// the recipe itself needs none. `run` runs make with its output in `log`
+/// (e.g. [`run_with_deadline`]) and fails if make cannot start or hangs.
 pub fn build_module(
     headers: &Path,
     module_src: &Path,
     work: &Path,
     make_vars: &[String],
     log: &Path,
+    run: impl FnOnce(&mut Command, &Path) -> Result<ExitStatus>,
 ) -> Result<ModBuild> {
     let name = module_src.file_name().context("module source has no name")?;
     let module = work.join(name);
@@ -38,13 +42,11 @@ pub fn build_module(
     let headers = std::path::absolute(headers)?;
     let module = std::path::absolute(&module)?;
 
-    let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut cmd = Command::new("make");
     cmd.arg("-C").arg(&headers).arg(format!("M={}", module.display()));
     cmd.args(make_vars).arg("modules");
-    cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
     let command = format!("{cmd:?}").replace('"', "");
-    let status = cmd.status().context("running make (Debian package: make)")?;
+    let status = run(&mut cmd, log)?;
 
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let (warnings, errors) = classify(&text);
@@ -57,6 +59,29 @@ pub fn build_module(
         errors,
         command,
     })
+}
+
+/// Run `cmd` with its output in a new `log`, in a process group of its own
+/// (so that a hung compiler goes with make), and end the group at `limit`.
+pub fn run_with_deadline(limit: Duration) -> impl FnOnce(&mut Command, &Path) -> Result<ExitStatus> {
+    move |cmd, log| {
+        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).process_group(0);
+        let mut child = cmd.spawn().with_context(|| format!("cannot run {:?} (Debian package: make)", cmd.get_program()))?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                // SAFETY: kill(2) of the process group the child leads.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                let _ = child.wait();
+                bail!("`make` timed out after {} s (log: {})", limit.as_secs(), log.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// Split kbuild output into warning and error lines.
@@ -99,6 +124,26 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hung_make_ends_at_its_deadline_with_its_children() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("log");
+        let pid = d.path().join("pid");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!("echo started; sleep 30 & echo $! > {}; wait", pid.display()));
+        let t = Instant::now();
+        let e = run_with_deadline(Duration::from_millis(500))(&mut cmd, &log).unwrap_err();
+        assert!(format!("{e:#}").contains("timed out after 0 s"), "{e:#}");
+        assert!(t.elapsed() < Duration::from_secs(10));
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "started\n");
+        std::thread::sleep(Duration::from_millis(200));
+        let pid = std::fs::read_to_string(&pid).unwrap();
+        let state = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+        assert!(state.is_empty() || state.contains(") Z"), "sleep still running: {state}");
+        let ok = run_with_deadline(Duration::from_secs(10))(Command::new("true").arg("x"), &log).unwrap();
+        assert!(ok.success());
+    }
 
     #[test]
     fn modpost_warnings_are_warnings_and_make_errors_are_errors() {
