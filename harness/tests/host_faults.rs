@@ -155,44 +155,60 @@ fn an_unwritable_output_directory_is_named() {
     assert!(text.contains(&d.path().join("out").display().to_string()), "the error must name the path: {text}");
 }
 
-#[test]
-fn sigint_during_a_build_ends_make_and_marks_the_cell_interrupted() {
-    let d = tempfile::tempdir().unwrap();
-    setup(d.path());
-    // A build that runs a long child, tagged so that we can look for it.
-    let marker = format!("khtest-sigint-{}", std::process::id());
+/// `khtest run broken` on a fake tree whose build runs a long child,
+/// tagged with `marker`; returns once that child runs, with its pid.
+// The child is returned, and the caller waits for it.
+#[allow(clippy::zombie_processes)]
+fn spawn_sleeping_build(d: &Path, marker: &str) -> (std::process::Child, String) {
+    setup(d);
     let makefile = FAKE_MAKEFILE.replace(
         "all:\n\t@echo \"  CC      kernel/fake.o\"",
         &format!("all:\n\t@sh -c 'sleep 300; echo {marker}'\n\t@echo \"  CC      kernel/fake.o\""),
     );
-    std::fs::write(d.path().join("tree/Makefile"), makefile).unwrap();
-    let matrix = d.path().join("configs/matrix.yaml");
+    std::fs::write(d.join("tree/Makefile"), makefile).unwrap();
+    let matrix = d.join("configs/matrix.yaml");
     let mut child = Command::new(env!("CARGO_BIN_EXE_khtest"))
         .args(["--matrix", matrix.to_str().unwrap(), "run", "broken", "--tree"])
-        .arg(d.path().join("tree"))
+        .arg(d.join("tree"))
         .arg("--out")
-        .arg(d.path().join("out"))
+        .arg(d.join("out"))
         .arg("--cache")
-        .arg(d.path().join("cache"))
+        .arg(d.join("cache"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let running = || {
-        let o = Command::new("pgrep").arg("-f").arg(&marker).output().unwrap();
-        !o.stdout.is_empty()
-    };
     let start = std::time::Instant::now();
-    while !running() {
-        assert!(start.elapsed().as_secs() < 30, "the fake build never started");
+    loop {
+        if let Some(pid) = running(marker) {
+            return (child, pid);
+        }
+        if start.elapsed().as_secs() >= 30 {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the fake build never started");
+        }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// The pid of a process whose command line has `marker`.
+fn running(marker: &str) -> Option<String> {
+    let o = Command::new("pgrep").arg("-f").arg(format!("sleep 300; echo {marker}")).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_owned)
+}
+
+#[test]
+fn sigint_during_a_build_ends_make_and_marks_the_cell_interrupted() {
+    let d = tempfile::tempdir().unwrap();
+    let marker = format!("khtest-sigint-{}", std::process::id());
+    let (mut child, _) = spawn_sleeping_build(d.path(), &marker);
     // SAFETY: signalling the child we spawned.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "exit status after SIGINT");
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(!running(), "the build's child outlived khtest");
+    assert!(running(&marker).is_none(), "the build's child outlived khtest");
     let r = results(d.path(), "broken");
     assert_eq!(r["status"], "ERROR");
     assert!(r["reason"].as_str().unwrap().contains("interrupted by signal 2"), "{r}");
@@ -219,37 +235,8 @@ fn wait_stopped(pid: &str, stopped: bool) -> bool {
 #[test]
 fn ctrl_z_stops_the_build_with_khtest_and_fg_continues_both() {
     let d = tempfile::tempdir().unwrap();
-    setup(d.path());
     let marker = format!("khtest-sigtstp-{}", std::process::id());
-    let makefile = FAKE_MAKEFILE.replace(
-        "all:\n\t@echo \"  CC      kernel/fake.o\"",
-        &format!("all:\n\t@sh -c 'sleep 300; echo {marker}'\n\t@echo \"  CC      kernel/fake.o\""),
-    );
-    std::fs::write(d.path().join("tree/Makefile"), makefile).unwrap();
-    let matrix = d.path().join("configs/matrix.yaml");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_khtest"))
-        .args(["--matrix", matrix.to_str().unwrap(), "run", "broken", "--tree"])
-        .arg(d.path().join("tree"))
-        .arg("--out")
-        .arg(d.path().join("out"))
-        .arg("--cache")
-        .arg(d.path().join("cache"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let sleeper = || {
-        let o = Command::new("pgrep").arg("-f").arg(format!("sleep 300; echo {marker}")).output().unwrap();
-        String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_owned)
-    };
-    let start = std::time::Instant::now();
-    let build = loop {
-        if let Some(p) = sleeper() {
-            break p;
-        }
-        assert!(start.elapsed().as_secs() < 30, "the fake build never started");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let (mut child, build) = spawn_sleeping_build(d.path(), &marker);
     let me = child.id().to_string();
     // SAFETY: signalling the child we spawned.
     unsafe { libc::kill(child.id() as i32, libc::SIGTSTP) };
