@@ -13,6 +13,13 @@
 # breaks), pristine (Module.symvers archived and a prerequisite: the
 # pristine-tree cycle), errors (the generator's cpio errors discarded).
 #
+# Two more, not run unless named, break the build the plainest ways, to
+# show what a broken build's verdict quotes: cc (a compiler error in
+# kernel/kheaders.c) and ld (an undefined reference when vmlinux links).
+#
+# For each fault it prints the verdict as khtest printed it (paths
+# relative to the repository).
+#
 # Each run builds a kernel, mostly from ccache once the series' own cells
 # have been built (under a minute; the errors run also drives the regen
 # phase, about 2.5 min in all; 10.5 min for all seven). Results:
@@ -71,6 +78,11 @@ make_patch()
 		fault_patch pristine kernel/Makefile 's/^\$(obj)\/kheaders_data.tar.xz: \$(obj)\/kheaders.list include\/config\/auto.conf FORCE$/$(obj)\/kheaders_data.tar.xz: $(obj)\/kheaders.list include\/config\/auto.conf Module.symvers FORCE/' ;;
 	errors)
 		fault_patch errors kernel/gen_kheaders.sh 's/cpio --quiet -pdmu "\${staging}"$/cpio --quiet -pdmu "${staging}" >\/dev\/null 2>\&1/' ;;
+	cc)
+		fault_patch cc kernel/kheaders.c '/^static int __init ikheaders_init(void)$/,/^}$/s/^\tint ret;$/\tint ret/' ;;
+	ld)
+		fault_patch ld kernel/kheaders.c \
+			'/^static int __init ikheaders_init(void)$/,/^}$/s/^\tint ret;$/\tint ret;\n\textern int khtest_undefined(void);\n\n\tkhtest_undefined();/' ;;
 	*)
 		echo "put-faults-back: unknown fault $1" >&2
 		exit 2 ;;
@@ -108,7 +120,11 @@ for f in $faults; do
 		echo "$f: NOT CAUGHT: $cell passed with the fault in (log: $out/$f.log)"
 		status=1
 	else
-		echo "$f: caught by $cell: $(grep -E '^(FAIL|ERROR) ' "$out/$f.log" | head -1)"
+		echo "$f: caught by $cell:"
+		# The verdict, up to the line that points at the cell's logs.
+		awk '/^(FAIL|ERROR) / { on = 1 } /^  logs: / { if (on) exit } on' "$out/$f.log" |
+			sed -e "s|$repo/||g" -e 's/^/    /'
+		echo
 	fi
 done
 exit $status
