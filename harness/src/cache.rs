@@ -80,14 +80,16 @@ impl Cache {
     }
 }
 
-/// A short content key over byte strings.
+/// A short content key over byte strings: the first 64 bits of their
+/// SHA-256, each part preceded by its length.
 pub fn key(parts: &[&[u8]]) -> String {
-    let mut h = blake3::Hasher::new();
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
     for p in parts {
-        h.update(&(p.len() as u64).to_le_bytes());
+        h.update((p.len() as u64).to_le_bytes());
         h.update(p);
     }
-    h.finalize().to_hex()[..16].to_string()
+    h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
