@@ -97,7 +97,11 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
         t_off.push(timed(|| off.build.rebuild(&log, s.build_limit))?);
     }
     let noop_off = median(&mut t_off);
-    figures.push(Figure::new("incremental", "no-op rebuild, kheaders =y with module-build files", median(&mut t_on), "s").against("no-op rebuild, CONFIG_IKHEADERS=n", noop_off).ratio_at_most(1.10));
+    figures.push(
+        Figure::new("incremental", "no-op rebuild, kheaders =y with module-build files", median(&mut t_on), "s")
+            .against("no-op rebuild, CONFIG_IKHEADERS=n", noop_off)
+            .ratio_at_most(1.10),
+    );
 
     progress("bench: rebuild after one header is added, then removed");
     let probe = on.build.obj.join("include/generated/khtest-bench-probe.h");
@@ -106,8 +110,13 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
     let _ = std::fs::remove_file(&probe);
     let added = added?;
     let removed = timed(|| on.build.rebuild(&log, s.build_limit))?;
-    figures.push(Figure::new("incremental", "rebuild after a header is added (archive regenerated, vmlinux relinked)", added, "s").against("no-op rebuild, CONFIG_IKHEADERS=n", noop_off));
-    figures.push(Figure::new("incremental", "rebuild after that header is removed", removed, "s").against("no-op rebuild, CONFIG_IKHEADERS=n", noop_off));
+    figures.push(
+        Figure::new("incremental", "rebuild after a header is added (archive regenerated, vmlinux relinked)", added, "s")
+            .against("no-op rebuild, CONFIG_IKHEADERS=n", noop_off),
+    );
+    figures.push(
+        Figure::new("incremental", "rebuild after that header is removed", removed, "s").against("no-op rebuild, CONFIG_IKHEADERS=n", noop_off),
+    );
 
     progress("bench: archive sizes and generation times");
     let mainline_size = std::fs::metadata(&mainline.archive)?.len() as f64 / 1e6;
@@ -116,7 +125,8 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
         let (h_size, h_time) = generate(&b.build, "headers", &dir)?;
         let (m_size, m_time) = generate(&b.build, "modbuild", &dir)?;
         figures.push(Figure::new("archive", format!("{arch} series, headers only"), h_size, "MB").against("mainline 6.12 x86_64", mainline_size));
-        let mut f = Figure::new("archive", format!("{arch} series, with module-build files"), m_size, "MB").against("headers only, same build", h_size);
+        let mut f =
+            Figure::new("archive", format!("{arch} series, with module-build files"), m_size, "MB").against("headers only, same build", h_size);
         if arch == "x86_64" {
             f = f.at_most(5.0);
         }
@@ -165,8 +175,12 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
         let _ = std::fs::remove_dir_all(d);
     }
     let fresh = median(&mut t_lib);
-    figures.push(Figure::new("extract", "host extraction, liblzma + tar crate (checked entries)", fresh, "s").against("tar -xJf", median(&mut t_tar)));
-    figures.push(Figure::new("extract", "the same over an earlier extraction of the archive (files kept in place)", median(&mut t_over), "s").against("into a new directory", fresh));
+    figures
+        .push(Figure::new("extract", "host extraction, liblzma + tar crate (checked entries)", fresh, "s").against("tar -xJf", median(&mut t_tar)));
+    figures.push(
+        Figure::new("extract", "the same over an earlier extraction of the archive (files kept in place)", median(&mut t_over), "s")
+            .against("into a new directory", fresh),
+    );
 
     progress("bench: bare boots and verdicts of one cell, taking turns");
     let initrd = dir.join("initramfs.cpio");
@@ -200,9 +214,19 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
     let (verdict, report) = &runs[(runs.len() - 1) / 2];
     let sum: f64 = report.phases.iter().filter(|p| after_build.contains(&p.name.as_str())).map(|p| p.seconds).sum();
     let of = format!("median of {}", runs.len());
-    figures.push(Figure::new("verdict", format!("{}: boot to verdict, wall, {of} ({})", x86.name, after_build.join(", ")), *verdict, "s").against("bare boot to /init and reboot", bare).ratio_at_most(2.0));
-    figures.push(Figure::new("verdict", format!("{}: boot to verdict, fastest and slowest of {}", x86.name, runs.len()), slowest, "s").against("fastest", fastest));
-    figures.push(Figure::new("verdict", format!("{}: the median run's phases one after the other (sum)", x86.name), sum, "s").against("boot to verdict, wall", *verdict));
+    figures.push(
+        Figure::new("verdict", format!("{}: boot to verdict, wall, {of} ({})", x86.name, after_build.join(", ")), *verdict, "s")
+            .against("bare boot to /init and reboot", bare)
+            .ratio_at_most(2.0),
+    );
+    figures.push(
+        Figure::new("verdict", format!("{}: boot to verdict, fastest and slowest of {}", x86.name, runs.len()), slowest, "s")
+            .against("fastest", fastest),
+    );
+    figures.push(
+        Figure::new("verdict", format!("{}: the median run's phases one after the other (sum)", x86.name), sum, "s")
+            .against("boot to verdict, wall", *verdict),
+    );
     for p in &report.phases {
         figures.push(Figure::new("verdict", format!("{}: phase {} (from {:.2} s)", x86.name, p.name, p.start), p.seconds, "s"));
     }

@@ -97,9 +97,17 @@ pub fn is_cause(line: &str) -> bool {
     if t.contains(": error:") || t.contains(": fatal error:") || t.contains(": Error:") || t.starts_with("ERROR: ") {
         return true;
     }
-    if ["undefined reference to", "multiple definition of", "No such file or directory", "Permission denied", "No space left on device", "command not found", ": not found"]
-        .iter()
-        .any(|p| t.contains(p))
+    if [
+        "undefined reference to",
+        "multiple definition of",
+        "No such file or directory",
+        "Permission denied",
+        "No space left on device",
+        "command not found",
+        ": not found",
+    ]
+    .iter()
+    .any(|p| t.contains(p))
     {
         return true;
     }
@@ -132,7 +140,10 @@ mod tests {
                    make[3]: *** [../scripts/Makefile.build:478: kernel] Error 2\n\
                    make[2]: *** Waiting for unfinished jobs....\n";
         let f = first_failure(log);
-        assert_eq!(f.lines, ["find: 'arch/x86_64': No such file or directory", "make[4]: *** [../kernel/Makefile:164: kernel/kheaders.list] Error 1"]);
+        assert_eq!(
+            f.lines,
+            ["find: 'arch/x86_64': No such file or directory", "make[4]: *** [../kernel/Makefile:164: kernel/kheaders.list] Error 1"]
+        );
         assert_eq!(f.line, Some(4));
         assert!(!f.no_space);
     }
@@ -177,10 +188,22 @@ mod tests {
 
     #[test]
     fn kbuild_lines_and_warnings_are_not_causes() {
-        for l in ["  CC      kernel/sh.o", "  GEN     kernel/kheaders_data.tar.xz", "a.c:1:1: warning: unused", "make[1]: Entering directory '/b'", "WARNING: modpost: Module.symvers is missing"] {
+        for l in [
+            "  CC      kernel/sh.o",
+            "  GEN     kernel/kheaders_data.tar.xz",
+            "a.c:1:1: warning: unused",
+            "make[1]: Entering directory '/b'",
+            "WARNING: modpost: Module.symvers is missing",
+        ] {
             assert!(!is_cause(l), "{l}");
         }
-        for l in ["cp: cannot stat 'x': No such file or directory", "/src/kernel/gen_kheaders.sh: 12: oops", "aarch64-linux-gnu-ld: a.o: bad", "ERROR: modpost: \"x\" [t.ko] undefined!", "cpio: x.h: Cannot stat"] {
+        for l in [
+            "cp: cannot stat 'x': No such file or directory",
+            "/src/kernel/gen_kheaders.sh: 12: oops",
+            "aarch64-linux-gnu-ld: a.o: bad",
+            "ERROR: modpost: \"x\" [t.ko] undefined!",
+            "cpio: x.h: Cannot stat",
+        ] {
             assert!(is_cause(l), "{l}");
         }
     }

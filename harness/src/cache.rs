@@ -105,9 +105,18 @@ mod tests {
         std::fs::create_dir_all(d.path().join("trees/k1")).unwrap();
         std::fs::write(d.path().join("trees/k1/half"), b"").unwrap();
         let mut made = 0;
-        let e = c.get_or_make("trees", "k1", |p| { made += 1; std::fs::write(p.join("whole"), b"").map_err(Into::into) }).unwrap();
+        let e = c
+            .get_or_make("trees", "k1", |p| {
+                made += 1;
+                std::fs::write(p.join("whole"), b"").map_err(Into::into)
+            })
+            .unwrap();
         assert!(e.join("whole").exists() && !e.join("half").exists());
-        c.get_or_make("trees", "k1", |_| { made += 1; Ok(()) }).unwrap();
+        c.get_or_make("trees", "k1", |_| {
+            made += 1;
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(made, 1);
     }
 

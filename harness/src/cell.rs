@@ -96,7 +96,16 @@ impl<'a> Run<'a> {
 
     /// An empty run on the same clock, for phases run on another thread.
     fn lane(&self) -> Run<'a> {
-        Run { phases: Vec::new(), checks: Vec::new(), current: None, kernel_built: false, retries: Vec::new(), name: self.name.clone(), dir: self.dir.clone(), ..*self }
+        Run {
+            phases: Vec::new(),
+            checks: Vec::new(),
+            current: None,
+            kernel_built: false,
+            retries: Vec::new(),
+            name: self.name.clone(),
+            dir: self.dir.clone(),
+            ..*self
+        }
     }
 
     /// Take in the phases and checks of a lane that has ended.
@@ -133,7 +142,17 @@ const HEADERS: &str = "headers";
 /// Run `cell` and report; never panics on a cell's failure.
 pub fn run(project: &Project, matrix: &Matrix, cell: &Cell, settings: &Settings, progress: Progress) -> CellReport {
     let dir = cell_dir(&settings.out_dir, &cell.name);
-    let mut run = Run { dir: dir.clone(), phases: Vec::new(), checks: Vec::new(), current: None, progress, name: cell.name.clone(), kernel_built: false, retries: Vec::new(), t0: Instant::now() };
+    let mut run = Run {
+        dir: dir.clone(),
+        phases: Vec::new(),
+        checks: Vec::new(),
+        current: None,
+        progress,
+        name: cell.name.clone(),
+        kernel_built: false,
+        retries: Vec::new(),
+        t0: Instant::now(),
+    };
     let mut verdict = match steps(&mut run, project, matrix, cell, settings) {
         Ok(()) => Verdict::Pass,
         Err(v) => v,
@@ -167,8 +186,7 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         // The last run's unpacked archive stays, for the extract phase to
         // rewrite in place (scratch.rs says why).
         crate::scratch::clear_dir_except(&run.dir, HEADERS).map_err(|e| Verdict::Error(format!("cannot clear {}: {e:#}", run.dir.display())))?;
-        std::fs::create_dir_all(&run.dir)
-            .map_err(|e| Verdict::Error(format!("cannot create the cell directory {}: {e}", run.dir.display())))?;
+        std::fs::create_dir_all(&run.dir).map_err(|e| Verdict::Error(format!("cannot create the cell directory {}: {e}", run.dir.display())))?;
         // The unpacked trees and the kselftest's temporary one go here.
         crate::scratch::spread_new_subdirs(&run.dir);
         tools::check_space(&run.dir, "output directory (--out)", tools::OUT_DIR_NEEDS).map_err(error)?;
@@ -270,14 +288,7 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     }
     let initrd = run.dir.join("initramfs.cpio");
     run.phase("image", |_| image::make(&project.images_dir(), cell.arch, artifacts.kheaders_ko.as_slice(), &initrd).map_err(error))?;
-    let spec = Spec {
-        arch: cell.arch,
-        kernel: artifacts.kernel_image.clone(),
-        initrd,
-        dir: run.dir.clone(),
-        memory_mib: 512,
-        timeouts: s.timeouts,
-    };
+    let spec = Spec { arch: cell.arch, kernel: artifacts.kernel_image.clone(), initrd, dir: run.dir.clone(), memory_mib: 512, timeouts: s.timeouts };
 
     // The host's checks only need the build's archive (the pull proves the
     // guest serves the same bytes), so they run while the guest boots, in
@@ -371,9 +382,7 @@ fn guest_lane(run: &mut Run, cell: &Cell, s: &Settings, spec: &Spec, built: &Pat
 fn load(run: &mut Run, guest: &mut Guest, ko: &Path, cell: &Cell, s: &Settings) -> Result<(), Stop> {
     guest.push("load", ko, "/tmp/test.ko").map_err(vm_stop)?;
     if cell.module_load == ModuleLoad::RefusedNoVersions {
-        let out = guest
-            .run("load", "dmesg -c >/dev/null; insmod /tmp/test.ko 2>&1; st=$?; dmesg; exit $st", s.timeouts.command)
-            .map_err(vm_stop)?;
+        let out = guest.run("load", "dmesg -c >/dev/null; insmod /tmp/test.ko 2>&1; st=$?; dmesg; exit $st", s.timeouts.command).map_err(vm_stop)?;
         return run.check("test.ko refused: it has no symbol versions", checks::refused_without_versions(out.status, &out.text));
     }
     let out = guest.run("load", "dmesg -c >/dev/null; insmod /tmp/test.ko && dmesg", s.timeouts.command).map_err(vm_stop)?;
@@ -428,9 +437,18 @@ impl Host<'_> {
                 (lane, r)
             });
             let built = if cell.modbuild {
-                run.phase("modbuild", |run| checks::build_testmod(headers, &self.project.testmod_dir(), cell.arch, &run.dir, &run.dir.join("modbuild.log"), self.s.timeouts.command * 5))
-                    // The guest lane may have stopped already: then nobody waits.
-                    .map(|ko| drop(ko_tx.send(ko)))
+                run.phase("modbuild", |run| {
+                    checks::build_testmod(
+                        headers,
+                        &self.project.testmod_dir(),
+                        cell.arch,
+                        &run.dir,
+                        &run.dir.join("modbuild.log"),
+                        self.s.timeouts.command * 5,
+                    )
+                })
+                // The guest lane may have stopped already: then nobody waits.
+                .map(|ko| drop(ko_tx.send(ko)))
             } else {
                 drop(ko_tx);
                 run.checks.push(Check { name: "module build".into(), verdict: Verdict::Skip("the archive has headers only".into()) });
@@ -520,13 +538,8 @@ pub fn build_only(project: &Project, matrix: &Matrix, cell: &Cell, s: &Settings,
     };
     let key = build_key(&tree.key, &tools::toolchain_key(cell.arch)?, cell, &want);
     let _lock = cache.lock(&format!("build-{key}"))?;
-    let build = Build {
-        arch: cell.arch,
-        src: tree.path.clone(),
-        obj: tree.build_dir(&key),
-        kind: cell.build,
-        ccache: Some(cache.root().join("ccache")),
-    };
+    let build =
+        Build { arch: cell.arch, src: tree.path.clone(), obj: tree.build_dir(&key), kind: cell.build, ccache: Some(cache.root().join("ccache")) };
     build.configure(&want, log)?;
     build.rebuild(log, s.build_limit)?;
     Ok(Built { archive: build.archive(), kernel_image: build.kernel_image(), build })
@@ -586,10 +599,7 @@ fn log_since(log: &Path, from: u64) -> String {
 }
 
 fn copy(from: &Path, to: &Path) -> Result<(), Stop> {
-    std::fs::copy(from, to)
-        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))
-        .map(drop)
-        .map_err(error)
+    std::fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display())).map(drop).map_err(error)
 }
 
 #[cfg(test)]

@@ -15,13 +15,9 @@ use crate::report::Verdict;
 pub fn same_bytes(pulled: &Path, built: &Path) -> Verdict {
     match (std::fs::read(pulled), std::fs::read(built)) {
         (Ok(a), Ok(b)) if a == b => Verdict::Pass,
-        (Ok(a), Ok(b)) => Verdict::Fail(format!(
-            "{} ({} bytes) differs from the build's {} ({} bytes)",
-            pulled.display(),
-            a.len(),
-            built.display(),
-            b.len()
-        )),
+        (Ok(a), Ok(b)) => {
+            Verdict::Fail(format!("{} ({} bytes) differs from the build's {} ({} bytes)", pulled.display(), a.len(), built.display(), b.len()))
+        }
         (Err(e), _) | (_, Err(e)) => Verdict::Error(format!("cannot compare the archives: {e}")),
     }
 }
@@ -131,9 +127,9 @@ pub fn build_testmod(headers: &Path, testmod: &Path, arch: Arch, work: &Path, lo
         // Without Module.symvers modpost must warn: silence would mean the
         // archive carries a Module.symvers the contents check missed, or
         // modpost no longer says what it cannot check.
-        (true, Some(_)) if b.errors.is_empty() && !b.warnings.iter().any(|w| w.contains("Module.symvers")) => Err(Verdict::Fail(
-            format!("the module built, but modpost did not warn that Module.symvers is missing (log: {})", log.display()),
-        )),
+        (true, Some(_)) if b.errors.is_empty() && !b.warnings.iter().any(|w| w.contains("Module.symvers")) => {
+            Err(Verdict::Fail(format!("the module built, but modpost did not warn that Module.symvers is missing (log: {})", log.display())))
+        }
         (true, Some(ko)) if b.errors.is_empty() => Ok(ko),
         _ => Err(Verdict::Fail(modbuild_failure(&b.command, log))),
     }
@@ -195,7 +191,11 @@ pub fn spdx_kept(root: &Path, trees: &[&Path]) -> Verdict {
 fn spdx_line(path: &Path) -> Option<String> {
     use std::io::BufRead;
     let file = std::io::BufReader::new(std::fs::File::open(path).ok()?);
-    file.split(b'\n').map_while(Result::ok).map(|l| String::from_utf8_lossy(&l).into_owned()).find(|l| l.contains("SPDX-License-Identifier:")).map(|l| l.trim().to_owned())
+    file.split(b'\n')
+        .map_while(Result::ok)
+        .map(|l| String::from_utf8_lossy(&l).into_owned())
+        .find(|l| l.contains("SPDX-License-Identifier:"))
+        .map(|l| l.trim().to_owned())
 }
 
 /// The verdict of the kselftest runner's TAP output for `test` (e.g.
@@ -277,7 +277,11 @@ pub fn refused_without_versions(insmod_status: i32, output: &str) -> Verdict {
     if problems.is_empty() {
         Verdict::Pass
     } else {
-        Verdict::Fail(format!("expected a refusal for missing symbol versions: {}; insmod and dmesg said:\n    {}", problems.join("; "), output.trim().replace('\n', "\n    ")))
+        Verdict::Fail(format!(
+            "expected a refusal for missing symbol versions: {}; insmod and dmesg said:\n    {}",
+            problems.join("; "),
+            output.trim().replace('\n', "\n    ")
+        ))
     }
 }
 
@@ -289,7 +293,9 @@ mod tests {
     fn modversions_refusal_must_be_the_documented_one() {
         let refused = "insmod: can't insert '/tmp/test.ko': invalid module format\n[ 2.1] test: no symbol version for module_layout\n";
         assert_eq!(refused_without_versions(1, refused), Verdict::Pass);
-        assert!(matches!(refused_without_versions(0, "[ 2.1] Hello, world\n"), Verdict::Fail(m) if m.contains("insmod succeeded") && m.contains("init ran")));
+        assert!(
+            matches!(refused_without_versions(0, "[ 2.1] Hello, world\n"), Verdict::Fail(m) if m.contains("insmod succeeded") && m.contains("init ran"))
+        );
         let other = "insmod: can't insert '/tmp/test.ko': invalid module format\n[ 2.1] test: version magic '6.12' should be '6.13'\n";
         assert!(matches!(refused_without_versions(1, other), Verdict::Fail(m) if m.contains("which symbol version")));
     }

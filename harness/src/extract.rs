@@ -229,11 +229,14 @@ mod tests {
     fn finds_it_inside_a_compressed_kernel() {
         let archive = xz(&tar_with("./include/linux/kconfig.h"));
         let kernel = image(&archive);
-        for (kind, packed) in [("xz", xz(&kernel)), ("gzip", {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            e.write_all(&kernel).unwrap();
-            e.finish().unwrap()
-        })] {
+        for (kind, packed) in [
+            ("xz", xz(&kernel)),
+            ("gzip", {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(&kernel).unwrap();
+                e.finish().unwrap()
+            }),
+        ] {
             let mut boot = vec![0u8; 512];
             boot.extend(packed);
             let f = find(&boot).unwrap();

@@ -96,8 +96,7 @@ pub fn make(images_dir: &Path, arch: Arch, modules: &[PathBuf], dest: &Path) -> 
     let init_path = images_dir.join("init");
     let init = std::fs::read(&init_path).with_context(|| format!("cannot read {}", init_path.display()))?;
     let bb_path = busybox_for(arch);
-    let busybox = std::fs::read(&bb_path)
-        .with_context(|| format!("cannot read {} (run scripts/setup-host.sh)", bb_path.display()))?;
+    let busybox = std::fs::read(&bb_path).with_context(|| format!("cannot read {} (run scripts/setup-host.sh)", bb_path.display()))?;
     let mut mods = Vec::new();
     for m in modules {
         let name = m.file_name().context("a module path without a file name")?.to_string_lossy().into_owned();

@@ -6,15 +6,15 @@
 //! `make` and the kheaders archive is not regenerated.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::matrix::{Arch, BuildKind, Cell, Kheaders};
 use crate::buildlog::{self, Failure};
+use crate::matrix::{Arch, BuildKind, Cell, Kheaders};
 use crate::process::{run_logged, tail};
 
 /// A `.config` as symbol → value (`y`, `m`, `n`, a number or a quoted string).
@@ -160,9 +160,7 @@ impl Build {
         if let Some(dir) = &self.ccache {
             cmd.arg(format!("CC=ccache {cross}gcc")).arg("HOSTCC=ccache gcc").env("CCACHE_DIR", dir);
         }
-        cmd.env("KBUILD_BUILD_USER", "khtest")
-            .env("KBUILD_BUILD_HOST", "khtest")
-            .env("KBUILD_BUILD_TIMESTAMP", BUILD_TIMESTAMP.0);
+        cmd.env("KBUILD_BUILD_USER", "khtest").env("KBUILD_BUILD_HOST", "khtest").env("KBUILD_BUILD_TIMESTAMP", BUILD_TIMESTAMP.0);
         cmd
     }
 

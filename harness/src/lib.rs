@@ -15,8 +15,8 @@ pub mod bpf;
 pub mod buildlog;
 pub mod cache;
 pub mod cell;
-pub mod extract;
 pub mod checks;
+pub mod extract;
 pub mod image;
 pub mod kbuild;
 pub mod matrix;
@@ -40,9 +40,7 @@ pub struct Project {
 impl Project {
     /// The repository this binary was built from (`KHTEST_ROOT` overrides).
     pub fn locate() -> Project {
-        let root = std::env::var_os("KHTEST_ROOT")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+        let root = std::env::var_os("KHTEST_ROOT").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
         Project { root: root.canonicalize().unwrap_or(root) }
     }
 
@@ -71,9 +69,7 @@ impl Project {
 
     /// Per-cell results go under here unless told otherwise.
     pub fn default_out_dir(&self) -> PathBuf {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| self.root.join("target"));
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| self.root.join("target"));
         target.join("khtest")
     }
 }

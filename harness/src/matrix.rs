@@ -128,11 +128,9 @@ impl Arch {
 
 impl Matrix {
     pub fn load(path: &Path) -> Result<Matrix> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the matrix {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the matrix {}", path.display()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        Matrix::parse(&text, &dir.join("fragments"))
-            .with_context(|| format!("in the matrix {}", path.display()))
+        Matrix::parse(&text, &dir.join("fragments")).with_context(|| format!("in the matrix {}", path.display()))
     }
 
     /// Parse and validate; `fragment_dir` is where fragment names resolve.
@@ -149,8 +147,7 @@ impl Matrix {
         }
         let mut seen = HashSet::new();
         for c in &self.cells {
-            let ok = !c.name.is_empty()
-                && c.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            let ok = !c.name.is_empty() && c.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
             if !ok {
                 bail!("cell name {:?}: use only a-z, 0-9, '-' and '_' (it names a test and a directory)", c.name);
             }

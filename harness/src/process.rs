@@ -149,11 +149,7 @@ fn end_children_and_exit(sig: i32) {
 /// Run `cmd` with stdout and stderr appended to `log`. Fails if it cannot
 /// start or runs longer than `limit`; a non-zero exit is returned, not failed.
 pub fn run_logged(cmd: &mut Command, log: &Path, limit: Duration) -> Result<ExitStatus> {
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("cannot write the log {}", log.display()))?;
+    let out = OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("cannot write the log {}", log.display()))?;
     cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
     let child = spawn_group(cmd).with_context(|| format!("cannot start {}", describe(cmd)))?;
     wait_limited(child, limit).with_context(|| format!("{} (log: {})", describe(cmd), log.display()))

@@ -350,7 +350,10 @@ mod tests {
     fn tool_output_is_noise_kbuild_lines_are_not() {
         let log = "make[1]: Entering directory '/b'\n  GEN     kernel/kheaders_data.tar.xz\n\
                    cpio: include/x.h: Cannot stat\n/src/kernel/gen_kheaders.sh: 12: oops\ntar: removing leading '/'\n";
-        assert_eq!(generator_noise(log), vec!["cpio: include/x.h: Cannot stat", "/src/kernel/gen_kheaders.sh: 12: oops", "tar: removing leading '/'"]);
+        assert_eq!(
+            generator_noise(log),
+            vec!["cpio: include/x.h: Cannot stat", "/src/kernel/gen_kheaders.sh: 12: oops", "tar: removing leading '/'"]
+        );
         assert_eq!(quiet_generator("  GEN     kernel/kheaders_data.tar.xz\n"), Verdict::Pass);
     }
 
@@ -360,9 +363,13 @@ mod tests {
         assert_eq!(generator_failed(false, msg, false, "khtest-missing.h"), Verdict::Pass);
         assert!(matches!(generator_failed(true, "", true, "khtest-missing.h"), Verdict::Fail(m) if m.contains("exited 0")));
         assert!(matches!(generator_failed(false, msg, true, "khtest-missing.h"), Verdict::Fail(m) if m.contains("left an archive")));
-        assert!(matches!(generator_failed(false, "", false, "khtest-missing.h"), Verdict::Fail(m) if m.contains("discarded") && m.ends_with("it printed nothing")));
+        assert!(
+            matches!(generator_failed(false, "", false, "khtest-missing.h"), Verdict::Fail(m) if m.contains("discarded") && m.ends_with("it printed nothing"))
+        );
         let other = "+ set -e\nxz: (stdin): Compressed data is corrupt\n";
-        assert!(matches!(generator_failed(false, other, false, "khtest-missing.h"), Verdict::Fail(m) if m.ends_with("last:\n    + set -e\n    xz: (stdin): Compressed data is corrupt")));
+        assert!(
+            matches!(generator_failed(false, other, false, "khtest-missing.h"), Verdict::Fail(m) if m.ends_with("last:\n    + set -e\n    xz: (stdin): Compressed data is corrupt"))
+        );
     }
 
     #[test]

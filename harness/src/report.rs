@@ -261,5 +261,4 @@ mod tests {
         assert_eq!(r.span_seconds(&["regen"]), 0.0);
         assert!(table(std::slice::from_ref(&r)).contains("105.5s"));
     }
-
 }

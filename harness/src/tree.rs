@@ -69,9 +69,10 @@ impl Source {
 pub fn manifest(dir: &Path) -> Result<Vec<u8>> {
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
-    let walk = walkdir::WalkDir::new(dir).sort_by_file_name().into_iter().filter_entry(|e| {
-        e.depth() != 1 || !e.file_name().to_string_lossy().starts_with(BUILD_DIR_PREFIX)
-    });
+    let walk = walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() != 1 || !e.file_name().to_string_lossy().starts_with(BUILD_DIR_PREFIX));
     for e in walk {
         let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
         let m = e.metadata().with_context(|| format!("cannot stat {}", e.path().display()))?;
@@ -116,12 +117,8 @@ impl Tree {
 pub fn series(project: &Project) -> Result<Vec<PathBuf>> {
     let file = project.kernel_dir().join("series");
     let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-    let patches: Vec<PathBuf> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| project.kernel_dir().join(l))
-        .collect();
+    let patches: Vec<PathBuf> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(|l| project.kernel_dir().join(l)).collect();
     if patches.is_empty() {
         bail!("{} names no patch", file.display());
     }
@@ -223,7 +220,9 @@ fn unpack(source: &Source, dir: &Path) -> Result<()> {
     let log = dir.with_extension("log");
     let st = match source {
         Source::Tarball(t) => run_logged(Command::new("tar").arg("-xf").arg(t).arg("-C").arg(dir), &log, Duration::from_secs(900))?,
-        Source::Dir(d) => run_logged(Command::new("cp").args(["-a", "--reflink=auto"]).arg(d.join(".")).arg(dir.join("tree")), &log, Duration::from_secs(900))?,
+        Source::Dir(d) => {
+            run_logged(Command::new("cp").args(["-a", "--reflink=auto"]).arg(d.join(".")).arg(dir.join("tree")), &log, Duration::from_secs(900))?
+        }
     };
     if !st.success() {
         bail!("unpacking {source:?} failed:\n{}", tail(&log, 10));
@@ -233,11 +232,8 @@ fn unpack(source: &Source, dir: &Path) -> Result<()> {
 
 /// The single kernel tree inside an unpacked source entry.
 fn top_dir(entry: &Path) -> Result<PathBuf> {
-    let dirs: Vec<PathBuf> = std::fs::read_dir(entry)?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .collect();
+    let dirs: Vec<PathBuf> =
+        std::fs::read_dir(entry)?.filter_map(|e| e.ok()).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect();
     match dirs.as_slice() {
         [one] if one.join("Makefile").is_file() => Ok(one.clone()),
         _ => bail!("{} does not hold exactly one kernel tree", entry.display()),

@@ -172,9 +172,7 @@ impl Guest {
         let xfer = loop {
             match UnixStream::connect(&sock) {
                 Ok(s) => break s,
-                Err(_) if Instant::now() < deadline && child.try_wait().ok().flatten().is_none() => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
+                Err(_) if Instant::now() < deadline && child.try_wait().ok().flatten().is_none() => std::thread::sleep(Duration::from_millis(20)),
                 Err(e) => {
                     crate::process::kill_group(&mut child);
                     let stderr = std::fs::read_to_string(spec.dir.join("qemu.stderr")).unwrap_or_default();
@@ -313,9 +311,7 @@ impl Guest {
                 return Ok(got);
             }
             self.check_console(phase)?;
-            self.xfer
-                .set_read_timeout(Some(left.min(Duration::from_millis(500))))
-                .map_err(|e| VmError::other("transfer socket", e))?;
+            self.xfer.set_read_timeout(Some(left.min(Duration::from_millis(500)))).map_err(|e| VmError::other("transfer socket", e))?;
             match self.xfer.read(&mut buf[got..]) {
                 Ok(0) => return Err(self.exited(phase).unwrap_or_else(|| VmError::Other("the transfer port closed".into()))),
                 Ok(n) => {

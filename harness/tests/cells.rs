@@ -105,7 +105,11 @@ fn guest_test(project: &Project, matrix: &Matrix, what: Misbehaviour) -> Result<
         let outcome = cell::boot_retrying_once(&spec, &mut retries).map(drop);
         qemu_gone(&initrd)?;
         return match outcome {
-            Err(khtest::report::Verdict::Error(why)) if why.contains("during boot") && retries.len() == 1 && dir.join("console.attempt1.log").exists() => Ok(()),
+            Err(khtest::report::Verdict::Error(why))
+                if why.contains("during boot") && retries.len() == 1 && dir.join("console.attempt1.log").exists() =>
+            {
+                Ok(())
+            }
             other => Err(format!("hang at boot: unexpected outcome {other:?}, retries {retries:?}").into()),
         };
     }

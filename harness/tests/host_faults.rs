@@ -132,7 +132,11 @@ fn a_malformed_matrix_is_refused_before_anything_is_built() {
     let d = tempfile::tempdir().unwrap();
     setup(d.path());
     let matrix = d.path().join("configs/matrix.yaml");
-    std::fs::write(&matrix, MATRIX.replace("    kheaders: y\n    patched: false\n    modbuild: false\n    fragments", "    kheaders: y\n    colour: blue\n    fragments")).unwrap();
+    std::fs::write(
+        &matrix,
+        MATRIX.replace("    kheaders: y\n    patched: false\n    modbuild: false\n    fragments", "    kheaders: y\n    colour: blue\n    fragments"),
+    )
+    .unwrap();
     let out = khtest(&["--matrix", matrix.to_str().unwrap(), "run"], d.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -281,7 +285,11 @@ fn a_full_output_disk_is_named_before_anything_is_built() {
     assert!(!text.contains("mount:") && !text.contains("unshare:"), "cannot mount a small tmpfs for this test: {text}");
     assert_eq!(o.status.code(), Some(3), "{text}");
     assert!(text.contains("ERROR broken (in phase preflight)"), "{text}");
-    assert!(text.contains(&format!("{} has 1 MiB free", out.join("broken").display())) || text.contains(&format!("{} has 0 MiB free", out.join("broken").display())), "the error must name the path and its free space: {text}");
+    assert!(
+        text.contains(&format!("{} has 1 MiB free", out.join("broken").display()))
+            || text.contains(&format!("{} has 0 MiB free", out.join("broken").display())),
+        "the error must name the path and its free space: {text}"
+    );
     assert!(!d.path().join("cache/trees").exists(), "nothing may be unpacked or built before the space is checked");
 }
 

@@ -5,8 +5,8 @@
 
 use proptest::prelude::*;
 
-use khtest::{bpf, checks, extract, regen, vm};
 use kheaders_selftest::{archive, modbuild};
+use khtest::{bpf, checks, extract, regen, vm};
 
 /// Lines built from fragments the parsers look for, glued with noise.
 fn console_text() -> impl Strategy<Value = String> {

@@ -11,10 +11,7 @@ fn readme_and_ci_run_the_same_test_command() {
     let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
     let command = ci.lines().last().unwrap().trim();
     assert!(command.contains("cargo nextest run"), ".ci/run's last line is not the test command: {command}");
-    assert!(
-        readme.lines().any(|l| l.trim() == command),
-        "README.md does not show .ci/run's command {command:?} on a line of its own"
-    );
+    assert!(readme.lines().any(|l| l.trim() == command), "README.md does not show .ci/run's command {command:?} on a line of its own");
 }
 
 #[test]
@@ -30,11 +27,7 @@ fn the_nightly_workflow_passes_actionlint() {
     let root = Project::locate().root;
     let actionlint = std::path::Path::new("/usr/local/lib/khtest/venv/bin/actionlint");
     assert!(actionlint.exists(), "{} is missing: run scripts/setup-host.sh", actionlint.display());
-    let out = std::process::Command::new(actionlint)
-        .arg("-no-color")
-        .arg(root.join(".github/workflows/nightly.yml"))
-        .current_dir(&root)
-        .output()
-        .unwrap();
+    let out =
+        std::process::Command::new(actionlint).arg("-no-color").arg(root.join(".github/workflows/nightly.yml")).current_dir(&root).output().unwrap();
     assert!(out.status.success(), "actionlint:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }

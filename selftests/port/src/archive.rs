@@ -150,20 +150,14 @@ fn unpack(stream: impl Read, dest: &Path, over: bool) -> Result<Extracted, Archi
     if earlier.as_ref().is_some_and(|m| !over || !m.is_dir()) {
         return Err(ArchiveError::Io {
             path: dest.to_owned(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "extraction target already exists; remove it first",
-            ),
+            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "extraction target already exists; remove it first"),
         });
     }
     let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     // Unpack next to the target and rename at the end: a failure leaves no
     // partial tree behind (the TempDir removes itself).
-    let staging = tempfile::Builder::new()
-        .prefix(".kheaders-extract-")
-        .tempdir_in(parent)
-        .map_err(io_err(parent))?;
+    let staging = tempfile::Builder::new().prefix(".kheaders-extract-").tempdir_in(parent).map_err(io_err(parent))?;
     // An earlier extraction becomes the staging tree (it replaces the empty
     // directory just made).
     let mut reuse = match earlier {
@@ -180,13 +174,7 @@ fn unpack(stream: impl Read, dest: &Path, over: bool) -> Result<Extracted, Archi
     tar.set_unpack_xattrs(false);
     tar.set_overwrite(true);
 
-    let mut out = Extracted {
-        root: dest.to_owned(),
-        files: 0,
-        dirs: 0,
-        symlinks: 0,
-        bytes: 0,
-    };
+    let mut out = Extracted { root: dest.to_owned(), files: 0, dirs: 0, symlinks: 0, bytes: 0 };
     let mut unsafe_entries = Vec::new();
     let corrupt = |e: std::io::Error| ArchiveError::Corrupt(e.to_string());
     for entry in tar.entries().map_err(corrupt)? {
@@ -377,9 +365,7 @@ pub fn check_entry(name: &str, kind: EntryType, link: Option<&str>) -> Result<()
     match kind {
         EntryType::Regular | EntryType::Directory | EntryType::Continuous => Ok(()),
         // GNU and pax metadata entries are consumed by the tar crate.
-        EntryType::GNULongName | EntryType::GNULongLink | EntryType::XHeader | EntryType::XGlobalHeader => {
-            Ok(())
-        }
+        EntryType::GNULongName | EntryType::GNULongLink | EntryType::XHeader | EntryType::XGlobalHeader => Ok(()),
         EntryType::Symlink => {
             let target = link.ok_or("symlink without a target")?;
             let target = Path::new(target);

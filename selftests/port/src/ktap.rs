@@ -72,9 +72,6 @@ mod tests {
             k.exit_code()
         };
         assert_eq!(code, 1);
-        assert_eq!(
-            String::from_utf8(buf).unwrap(),
-            "KTAP version 1\n1..3\nok 1 a\n# two\n# lines\nok 2 b # SKIP why\nnot ok 3 c\n"
-        );
+        assert_eq!(String::from_utf8(buf).unwrap(), "KTAP version 1\n1..3\nok 1 a\n# two\n# lines\nok 2 b # SKIP why\nnot ok 3 c\n");
     }
 }

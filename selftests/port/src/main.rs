@@ -17,10 +17,7 @@ fn find_archive() -> Option<PathBuf> {
     if let Some(p) = given {
         return Some(PathBuf::from(p));
     }
-    ["/sys/kernel/kheaders.tar.xz", "/proc/kheaders.tar.xz"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    ["/sys/kernel/kheaders.tar.xz", "/proc/kheaders.tar.xz"].into_iter().map(PathBuf::from).find(|p| p.exists())
 }
 
 fn have(tool: &str) -> bool {

@@ -51,14 +51,7 @@ pub fn build_module(
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let (warnings, errors) = classify(&text);
     let ko = find_ko(&module);
-    Ok(ModBuild {
-        ok: status.success() && ko.is_some(),
-        ko,
-        log: log.to_owned(),
-        warnings,
-        errors,
-        command,
-    })
+    Ok(ModBuild { ok: status.success() && ko.is_some(), ko, log: log.to_owned(), warnings, errors, command })
 }
 
 /// Run `cmd` with its output in a new `log`, in a process group of its own
@@ -100,10 +93,7 @@ pub fn classify(log: &str) -> (Vec<String>, Vec<String>) {
 }
 
 fn find_ko(dir: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|e| e == "ko"))
+    std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok().map(|e| e.path())).find(|p| p.extension().is_some_and(|e| e == "ko"))
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
@@ -114,8 +104,7 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         if entry.file_type().is_dir() {
             std::fs::create_dir_all(&dst)?;
         } else {
-            std::fs::copy(entry.path(), &dst)
-                .with_context(|| format!("copying {} to {}", entry.path().display(), dst.display()))?;
+            std::fs::copy(entry.path(), &dst).with_context(|| format!("copying {} to {}", entry.path().display(), dst.display()))?;
         }
     }
     Ok(())
