@@ -135,8 +135,9 @@ pub const CACHE_NEEDS: u64 = 2 << 30;
 /// Bytes available to this user in the file system holding `path`.
 pub fn free_bytes(path: &Path) -> Result<u64> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: statvfs fills the zeroed struct we own from a valid C string.
+    // SAFETY: statvfs is plain data, for which all zeros is a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs fills the struct we own from a valid C string.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         bail!("cannot read the free space of {}: {}", path.display(), std::io::Error::last_os_error());
     }

@@ -306,10 +306,11 @@ fn extract_measured(input: &Path, out: &Path) -> (Option<i32>, String, i64) {
         .spawn()
         .unwrap();
     let o = child.wait_with_output().unwrap();
-    // SAFETY: getrusage fills the struct we pass; RUSAGE_CHILDREN covers
+    // SAFETY: rusage is plain data, for which all zeros is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we pass. RUSAGE_CHILDREN covers
     // the children this test process has waited for (nextest runs each
     // test in a process of its own; each bomb gets its own test).
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
     let text = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
     (o.status.code(), text, ru.ru_maxrss / 1024)

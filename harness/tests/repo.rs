@@ -12,6 +12,10 @@ fn readme_and_ci_run_the_same_test_command() {
     let command = ci.lines().last().unwrap().trim();
     assert!(command.contains("cargo nextest run"), ".ci/run's last line is not the test command: {command}");
     assert!(readme.lines().any(|l| l.trim() == command), "README.md does not show .ci/run's command {command:?} on a line of its own");
+    // The house rules are part of what CI proves.
+    for rule in ["cargo fmt --all --check", "cargo clippy --workspace --all-targets -- -D warnings"] {
+        assert!(command.contains(rule), "the test command does not run `{rule}`: {command}");
+    }
 }
 
 #[test]
