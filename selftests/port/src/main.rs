@@ -12,8 +12,40 @@ use std::process::{exit, Command, Stdio};
 use kheaders_selftest::ktap::{Ktap, Result::*};
 use kheaders_selftest::{archive, contents, modbuild, testmod_dir};
 
+const USAGE: &str = "\
+usage: kheaders-selftest [ARCHIVE]
+
+Unpack the in-kernel headers archive, check it, and build the test module
+against it, printing KTAP. ARCHIVE defaults to $KHEADERS_ARCHIVE, then
+/sys/kernel/kheaders.tar.xz, then /proc/kheaders.tar.xz.
+
+Exit status: 0 pass, 1 fail, 4 skip (no archive, no make or gcc), 2 usage.
+";
+
+/// The one argument, if any: `--help` prints the usage, and any other
+/// option, or a second argument, is a usage error.
+fn argument() -> Option<std::ffi::OsString> {
+    let mut args = std::env::args_os().skip(1);
+    let first = args.next();
+    match first.as_ref().and_then(|a| a.to_str()) {
+        Some("-h" | "--help") => {
+            print!("{USAGE}");
+            exit(0)
+        }
+        Some(opt) if opt.starts_with('-') => {
+            eprint!("kheaders-selftest: unknown option {opt}\n{USAGE}");
+            exit(2)
+        }
+        _ if args.next().is_some() => {
+            eprint!("kheaders-selftest: one archive at most\n{USAGE}");
+            exit(2)
+        }
+        _ => first,
+    }
+}
+
 fn find_archive() -> Option<PathBuf> {
-    let given = std::env::args_os().nth(1).or_else(|| std::env::var_os("KHEADERS_ARCHIVE"));
+    let given = argument().or_else(|| std::env::var_os("KHEADERS_ARCHIVE"));
     if let Some(p) = given {
         return Some(PathBuf::from(p));
     }
