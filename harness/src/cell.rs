@@ -17,7 +17,7 @@ use crate::matrix::{BuildKind, Cell, Matrix, ModuleLoad};
 use crate::report::{cell_dir, CellReport, Check, Phase, Verdict};
 use crate::tree::{self, Source};
 use crate::vm::{Guest, Spec, Timeouts, VmError};
-use crate::{bpf, extract, image, regen, tools, Project};
+use crate::{bpf, extract, image, progress, regen, tools, Project};
 
 /// What every cell of a run shares.
 #[derive(Debug, Clone)]
@@ -194,7 +194,11 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         tools::check_space(cache.root(), "cache (--cache, KHTEST_CACHE)", tools::CACHE_NEEDS).map_err(error)?;
         Ok(cache)
     })?;
-    let tree = run.phase("tree", |_| tree::prepare(&cache, &s.source, project, cell.patched).map_err(error))?;
+    let tree = run.phase("tree", |run| {
+        let progress = run.progress;
+        let name = run.name.clone();
+        tree::prepare(&cache, &s.source, project, cell.patched, &|m| progress(&prefixed(&name, m))).map_err(error)
+    })?;
 
     let want = kbuild::requested(cell, &matrix.fragment_paths(cell)).map_err(error)?;
     let toolchain = tools::toolchain_key(cell.arch).map_err(error)?;
@@ -241,7 +245,14 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         let before = std::fs::metadata(&image).and_then(|m| m.modified()).ok();
         let archive_before = checks::snapshot(&build.archive()).ok();
         let from = log_len(&build_log);
-        let a = build.build(&config, &build_log, s.build_limit).map_err(build_stop)?;
+        // A build from scratch: its steps are the next one's estimate.
+        let estimates = progress::Estimates::in_cache(cache.root());
+        let estimate = format!("{}.build-steps", cell.name);
+        let status = |m: &str| (run.progress)(&prefixed(&run.name, m));
+        let a = build.build(&config, &build_log, s.build_limit, &status, estimates.get(&estimate)).map_err(build_stop)?;
+        if before.is_none() {
+            estimates.set(&estimate, a.steps);
+        }
         run.kernel_built = before != std::fs::metadata(&image).and_then(|m| m.modified()).ok();
         copy(&a.archive, &built)?;
         // A make that found the kernel built is a no-op rebuild already.
@@ -531,7 +542,7 @@ pub struct Built {
 pub fn build_only(project: &Project, matrix: &Matrix, cell: &Cell, s: &Settings, want: Option<kbuild::Config>, log: &Path) -> anyhow::Result<Built> {
     anyhow::ensure!(cell.build == BuildKind::OutOfTree, "cell {}: only out-of-tree builds can be built on their own", cell.name);
     let cache = Cache::open(&s.cache_dir)?;
-    let tree = tree::prepare(&cache, &s.source, project, cell.patched)?;
+    let tree = tree::prepare(&cache, &s.source, project, cell.patched, &|_| {})?;
     let want = match want {
         Some(w) => w,
         None => kbuild::requested(cell, &matrix.fragment_paths(cell))?,
@@ -586,6 +597,14 @@ fn archive_paths(cell: &Cell) -> Vec<&'static str> {
 fn served(guest: &mut Guest, paths: &[&str], limit: Duration) -> Result<Vec<(String, u64)>, Stop> {
     let out = guest.run("pull", &format!("stat -c 'KHTEST-STAT %s %n' {} 2>/dev/null; true", paths.join(" ")), limit);
     Ok(checks::parse_stat(&out.map_err(vm_stop)?.text))
+}
+
+/// `msg` about the cell `name`; a status stays one.
+fn prefixed(name: &str, msg: &str) -> String {
+    match msg.strip_prefix(progress::STATUS) {
+        Some(status) => format!("{}{name}: {status}", progress::STATUS),
+        None => format!("{name}: {msg}"),
+    }
 }
 
 fn log_len(log: &Path) -> u64 {

@@ -15,7 +15,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::buildlog::{self, Failure};
 use crate::matrix::{Arch, BuildKind, Cell, Kheaders};
-use crate::process::{run_logged, tail};
+use crate::process::{run_logged_ticking, tail};
+use crate::progress::{self, KbuildSteps};
 
 /// A `.config` as symbol → value (`y`, `m`, `n`, a number or a quoted string).
 pub type Config = BTreeMap<String, String>;
@@ -48,6 +49,8 @@ pub struct Artifacts {
     pub archive: PathBuf,
     /// `kernel/kheaders.ko` when kheaders is a module.
     pub kheaders_ko: Option<PathBuf>,
+    /// How many steps (`  CC  ...` lines) kbuild took.
+    pub steps: u64,
 }
 
 /// Parse `.config` text. `# CONFIG_X is not set` reads as `n`.
@@ -206,13 +209,23 @@ impl Build {
     }
 
     /// `make` the kernel (and modules); the log gets all output.
-    pub fn build(&self, config: &Config, log: &Path, limit: Duration) -> Result<Artifacts> {
-        self.make_target(&[&format!("-j{}", jobs())], log, limit)?;
+    /// `progress` gets a status every second, against `expected` steps
+    /// (the last build's count), if known.
+    pub fn build(&self, config: &Config, log: &Path, limit: Duration, progress: &dyn Fn(&str), expected: Option<u64>) -> Result<Artifacts> {
+        let mut steps = KbuildSteps::from_end_of(log);
+        let start = std::time::Instant::now();
+        let mut tick = || {
+            steps.update();
+            progress(&progress::status("build", steps.done, expected, "kbuild steps", start.elapsed()));
+        };
+        self.run_make(self.make(), &[&format!("-j{}", jobs())], log, limit, &mut tick)?;
+        steps.update();
         let module = config.get("CONFIG_IKHEADERS").is_some_and(|v| v == "m");
         let a = Artifacts {
             kernel_image: self.kernel_image(),
             archive: self.archive(),
             kheaders_ko: module.then(|| self.obj.join("kernel/kheaders.ko")),
+            steps: steps.done,
         };
         for p in [Some(&a.kernel_image), Some(&a.archive), a.kheaders_ko.as_ref()].into_iter().flatten() {
             if !p.is_file() {
@@ -237,19 +250,19 @@ impl Build {
     pub fn archive_only(&self, timestamp: &str, log: &Path, limit: Duration) -> Result<PathBuf> {
         let mut cmd = self.make();
         cmd.env("KBUILD_BUILD_TIMESTAMP", timestamp);
-        self.run_make(cmd, &[&format!("-j{}", jobs()), "kernel/kheaders.o"], log, limit)?;
+        self.run_make(cmd, &[&format!("-j{}", jobs()), "kernel/kheaders.o"], log, limit, &mut || {})?;
         Ok(self.archive())
     }
 
     fn make_target(&self, args: &[&str], log: &Path, limit: Duration) -> Result<()> {
-        self.run_make(self.make(), args, log, limit)
+        self.run_make(self.make(), args, log, limit, &mut || {})
     }
 
-    fn run_make(&self, mut cmd: Command, args: &[&str], log: &Path, limit: Duration) -> Result<()> {
+    fn run_make(&self, mut cmd: Command, args: &[&str], log: &Path, limit: Duration, tick: &mut dyn FnMut()) -> Result<()> {
         cmd.args(args);
         let args = args.join(" ");
         // Not starting and running out of time are the host's: errors as they are.
-        let status = run_logged(&mut cmd, log, limit)?;
+        let status = run_logged_ticking(&mut cmd, log, limit, tick)?;
         if status.success() {
             return Ok(());
         }

@@ -21,6 +21,7 @@ pub mod image;
 pub mod kbuild;
 pub mod matrix;
 pub mod process;
+pub mod progress;
 pub mod regen;
 pub mod report;
 pub mod scratch;

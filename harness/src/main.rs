@@ -3,13 +3,13 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use khtest::cell::{self, Settings};
 use khtest::matrix::Matrix;
+use khtest::progress::Printer;
 use khtest::tree::Source;
 use khtest::vm::Timeouts;
 use khtest::{report, Project};
@@ -115,17 +115,10 @@ impl Place {
 }
 
 /// Progress lines with the elapsed time: bold on a terminal, plain in logs.
-fn progress_printer() -> impl Fn(&str) {
-    let start = Instant::now();
-    let terminal = std::io::stderr().is_terminal();
-    move |msg: &str| {
-        let t = start.elapsed().as_secs();
-        if terminal {
-            eprintln!("\x1b[1m[{:3}:{:02}]\x1b[0m {msg}", t / 60, t % 60);
-        } else {
-            eprintln!("[{:3}:{:02}] {msg}", t / 60, t % 60);
-        }
-    }
+/// Progress lines with the elapsed time: a live status line on a terminal,
+/// plain lines (a status at least every 30 s) in logs.
+fn progress_printer() -> Printer {
+    Printer::new(std::io::stderr().is_terminal())
 }
 
 fn main() -> ExitCode {
@@ -167,13 +160,14 @@ fn real_main() -> Result<ExitCode> {
             let selected = matrix.select(&cells)?;
             let base = place.settings(&project, cli.matrix.as_ref())?;
             let settings = Settings { keep, fresh: fresh || base.fresh, ..base };
-            let progress = progress_printer();
+            let printer = progress_printer();
             let mut reports = Vec::new();
             for c in selected {
                 if khtest::process::interrupted().is_some() {
                     break;
                 }
-                let r = cell::run(&project, &matrix, c, &settings, &progress);
+                let r = cell::run(&project, &matrix, c, &settings, &|m| printer.print(m));
+                printer.end_live_line();
                 eprintln!("{}", r.explain());
                 reports.push(r);
             }
@@ -187,7 +181,8 @@ fn real_main() -> Result<ExitCode> {
         Cmd::Tree { place, unpatched } => {
             let s = place.settings(&project, None)?;
             let cache = khtest::cache::Cache::open(&s.cache_dir)?;
-            let tree = khtest::tree::prepare(&cache, &s.source, &project, !unpatched)?;
+            let printer = khtest::progress::Printer::new(std::io::stderr().is_terminal());
+            let tree = khtest::tree::prepare(&cache, &s.source, &project, !unpatched, &|m| printer.print(m))?;
             println!("{}", tree.path.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -205,7 +200,9 @@ fn real_main() -> Result<ExitCode> {
             let matrix = load()?;
             let settings = place.settings(&project, cli.matrix.as_ref())?;
             let opts = khtest::bench::Options { reps: reps.max(1), matrix: whole, cold };
-            let figures = khtest::bench::run(&project, &matrix, &settings, &opts, &progress_printer())?;
+            let printer = progress_printer();
+            let figures = khtest::bench::run(&project, &matrix, &settings, &opts, &|m| printer.print(m))?;
+            printer.end_live_line();
             print!("{}", khtest::bench::markdown(&figures));
             println!("\nwritten to {}", settings.out_dir.join("bench").display());
             Ok(ExitCode::SUCCESS)

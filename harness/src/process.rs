@@ -149,10 +149,16 @@ fn end_children_and_exit(sig: i32) {
 /// Run `cmd` with stdout and stderr appended to `log`. Fails if it cannot
 /// start or runs longer than `limit`; a non-zero exit is returned, not failed.
 pub fn run_logged(cmd: &mut Command, log: &Path, limit: Duration) -> Result<ExitStatus> {
+    run_logged_ticking(cmd, log, limit, &mut || {})
+}
+
+/// [`run_logged`], calling `tick` about once a second while `cmd` runs
+/// (to report progress).
+pub fn run_logged_ticking(cmd: &mut Command, log: &Path, limit: Duration, tick: &mut dyn FnMut()) -> Result<ExitStatus> {
     let out = OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("cannot write the log {}", log.display()))?;
     cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
     let child = spawn_group(cmd).with_context(|| format!("cannot start {}", describe(cmd)))?;
-    wait_limited(child, limit).with_context(|| format!("{} (log: {})", describe(cmd), log.display()))
+    wait_ticking(child, limit, tick).with_context(|| format!("{} (log: {})", describe(cmd), log.display()))
 }
 
 /// The deadline of a short tool run (`--version`, a listing).
@@ -180,9 +186,18 @@ pub fn output_limited(cmd: &mut Command, limit: Duration) -> Result<Output> {
 }
 
 /// Wait for `child`, ending its process group if it runs past `limit`.
-pub fn wait_limited(mut child: Child, limit: Duration) -> Result<ExitStatus> {
+pub fn wait_limited(child: Child, limit: Duration) -> Result<ExitStatus> {
+    wait_ticking(child, limit, &mut || {})
+}
+
+fn wait_ticking(mut child: Child, limit: Duration, tick: &mut dyn FnMut()) -> Result<ExitStatus> {
     let deadline = Deadline::after(limit);
+    let mut next_tick = Instant::now() + Duration::from_secs(1);
     loop {
+        if Instant::now() >= next_tick {
+            tick();
+            next_tick = Instant::now() + Duration::from_secs(1);
+        }
         if let Some(status) = child.try_wait()? {
             forget(&child);
             return Ok(status);
@@ -280,6 +295,14 @@ mod tests {
         let e = output_limited(Command::new("sh").args(["-c", "sleep 30 & sleep 30"]), Duration::from_millis(300)).unwrap_err();
         assert!(format!("{e:#}").contains("timed out"), "{e:#}");
         assert!(t.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_long_command_ticks_about_once_a_second() {
+        let d = tempfile::tempdir().unwrap();
+        let mut ticks = 0;
+        run_logged_ticking(Command::new("sleep").arg("2.5"), &d.path().join("log"), Duration::from_secs(10), &mut || ticks += 1).unwrap();
+        assert!((2..=3).contains(&ticks), "{ticks} ticks in 2.5 s");
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::cache::{key, Cache};
-use crate::process::{run_logged, tail};
+use crate::process::{run_logged, run_logged_ticking, tail};
+use crate::progress::{self, Estimates};
 use crate::Project;
 
 /// Debian's `linux-source-6.12` package installs this.
@@ -131,10 +132,11 @@ pub fn series(project: &Project) -> Result<Vec<PathBuf>> {
 }
 
 /// The tree for a cell: the source, patched or not, with the selftest in.
-pub fn prepare(cache: &Cache, source: &Source, project: &Project, patched: bool) -> Result<Tree> {
+/// Unpacking the source (once) reports a status to `progress` each second.
+pub fn prepare(cache: &Cache, source: &Source, project: &Project, patched: bool, progress: &dyn Fn(&str)) -> Result<Tree> {
     let _lock = cache.lock("trees")?;
     let src_key = source.key()?;
-    let unpacked = cache.get_or_make("src", &src_key, |dir| unpack(source, dir))?;
+    let unpacked = cache.get_or_make("src", &src_key, |dir| unpack(source, dir, &Estimates::in_cache(cache.root()), progress))?;
     let unpacked = top_dir(&unpacked)?;
 
     let patches = if patched { series(project)? } else { Vec::new() };
@@ -215,18 +217,28 @@ fn listing(dir: &Path) -> Result<Vec<(PathBuf, u32, Vec<u8>)>> {
     Ok(v)
 }
 
-fn unpack(source: &Source, dir: &Path) -> Result<()> {
+fn unpack(source: &Source, dir: &Path, estimates: &Estimates, progress: &dyn Fn(&str)) -> Result<()> {
     tracing::info!("unpacking {source:?} into the cache (once)");
     let log = dir.with_extension("log");
-    let st = match source {
-        Source::Tarball(t) => run_logged(Command::new("tar").arg("-xf").arg(t).arg("-C").arg(dir), &log, Duration::from_secs(900))?,
+    let mut cmd = match source {
+        Source::Tarball(t) => {
+            let mut c = Command::new("tar");
+            c.arg("-xf").arg(t).arg("-C").arg(dir);
+            c
+        }
         Source::Dir(d) => {
-            run_logged(Command::new("cp").args(["-a", "--reflink=auto"]).arg(d.join(".")).arg(dir.join("tree")), &log, Duration::from_secs(900))?
+            let mut c = Command::new("cp");
+            c.args(["-a", "--reflink=auto"]).arg(d.join(".")).arg(dir.join("tree"));
+            c
         }
     };
+    let (start, expected) = (std::time::Instant::now(), estimates.get("unpack-seconds"));
+    let mut tick = || progress(&progress::status("tree: unpacking the source", start.elapsed().as_secs(), expected, "s", start.elapsed()));
+    let st = run_logged_ticking(&mut cmd, &log, Duration::from_secs(900), &mut tick)?;
     if !st.success() {
         bail!("unpacking {source:?} failed:\n{}", tail(&log, 10));
     }
+    estimates.set("unpack-seconds", start.elapsed().as_secs());
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use khtest::Project;
 /// The default kernel tree from the shared cache, patched or not.
 fn prepared(project: &Project, patched: bool) -> tree::Tree {
     let cache = Cache::open(&khtest::default_cache_dir()).unwrap();
-    tree::prepare(&cache, &Source::from_arg(None).unwrap(), project, patched).unwrap()
+    tree::prepare(&cache, &Source::from_arg(None).unwrap(), project, patched, &|_| {}).unwrap()
 }
 
 #[test]
