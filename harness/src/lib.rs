@@ -16,6 +16,7 @@ pub mod buildlog;
 pub mod cache;
 pub mod cell;
 pub mod checks;
+pub mod console;
 pub mod extract;
 pub mod image;
 pub mod kbuild;

@@ -130,7 +130,7 @@ fn guest_test(project: &Project, matrix: &Matrix, what: Misbehaviour) -> Result<
         drop(g);
         qemu_gone(&initrd)?;
         return match outcome {
-            Err(VmError::Other(why)) if why.contains("goes on past the 0 bytes") => Ok(()),
+            Err(VmError::Transfer(why)) if why.contains("goes on past the 0 bytes") => Ok(()),
             other => Err(format!("pulling /proc/version: unexpected outcome {other:?}").into()),
         };
     }
