@@ -67,10 +67,7 @@ pub fn clang_args(headers: &Path, arch: Arch) -> Vec<String> {
 }
 
 fn clang_target(arch: Arch) -> &'static str {
-    match arch {
-        Arch::X86_64 => "x86_64-linux-gnu",
-        Arch::Arm64 => "aarch64-linux-gnu",
-    }
+    arch.facts().triple
 }
 
 /// Compile `program` against `headers` into `work/kheaders_probe.bpf.o`;

@@ -11,15 +11,9 @@ use anyhow::{Context, Result};
 
 use crate::matrix::Arch;
 
-/// Where `scripts/setup-host.sh` unpacks Debian's arm64 busybox-static.
-pub const ARM64_BUSYBOX: &str = "/usr/local/lib/khtest/arm64/busybox";
-
 /// Where a static busybox for `arch` is on this (x86_64) host.
 pub fn busybox_for(arch: Arch) -> PathBuf {
-    match arch {
-        Arch::X86_64 => PathBuf::from("/bin/busybox"),
-        Arch::Arm64 => PathBuf::from(ARM64_BUSYBOX),
-    }
+    PathBuf::from(arch.facts().busybox)
 }
 
 /// One entry of a `newc` archive.

@@ -202,10 +202,7 @@ impl Build {
 
     /// The kernel image QEMU boots.
     pub fn kernel_image(&self) -> PathBuf {
-        self.obj.join(match self.arch {
-            Arch::X86_64 => "arch/x86/boot/bzImage",
-            Arch::Arm64 => "arch/arm64/boot/Image",
-        })
+        self.obj.join(self.arch.facts().kernel_image)
     }
 
     /// `make` the kernel (and modules); the log gets all output.

@@ -93,35 +93,96 @@ fn yes() -> bool {
     true
 }
 
+/// Everything that differs between the architectures, in one place.
+#[derive(Debug)]
+pub struct ArchFacts {
+    /// The kernel's `ARCH=`.
+    pub kernel_arch: &'static str,
+    /// The kernel's `SRCARCH`: the directory under `arch/`.
+    pub srcarch: &'static str,
+    /// Rust's name for it (`std::env::consts::ARCH`) when it is the host.
+    pub rust_arch: &'static str,
+    /// The GNU triple: `CROSS_COMPILE=` is it and a dash, clang's `--target`.
+    pub triple: &'static str,
+    /// Debian's cross compiler and binutils for it.
+    pub cross_packages: [&'static str; 2],
+    /// The boot image, in the object tree.
+    pub kernel_image: &'static str,
+    pub qemu: &'static str,
+    pub qemu_package: &'static str,
+    /// QEMU's machine options.
+    pub qemu_board: &'static [&'static str],
+    /// The guest's serial console.
+    pub console: &'static str,
+    /// The virtio-serial controller that carries the transfer port.
+    pub virtio_serial: &'static str,
+    /// A static busybox for the guest, on this host, and its package.
+    pub busybox: &'static str,
+    pub busybox_package: &'static str,
+}
+
+const X86_64: ArchFacts = ArchFacts {
+    kernel_arch: "x86_64",
+    srcarch: "x86",
+    rust_arch: "x86_64",
+    triple: "x86_64-linux-gnu",
+    cross_packages: ["gcc-x86-64-linux-gnu", "binutils-x86-64-linux-gnu"],
+    kernel_image: "arch/x86/boot/bzImage",
+    qemu: "qemu-system-x86_64",
+    qemu_package: "qemu-system-x86",
+    qemu_board: &[],
+    console: "ttyS0",
+    virtio_serial: "virtio-serial-pci",
+    busybox: "/bin/busybox",
+    busybox_package: "busybox-static",
+};
+
+const ARM64: ArchFacts = ArchFacts {
+    kernel_arch: "arm64",
+    srcarch: "arm64",
+    rust_arch: "aarch64",
+    triple: "aarch64-linux-gnu",
+    cross_packages: ["gcc-aarch64-linux-gnu", "binutils-aarch64-linux-gnu"],
+    kernel_image: "arch/arm64/boot/Image",
+    qemu: "qemu-system-aarch64",
+    qemu_package: "qemu-system-arm",
+    qemu_board: &["-M", "virt", "-cpu", "cortex-a57"],
+    console: "ttyAMA0",
+    virtio_serial: "virtio-serial-device",
+    // Unpacked from Debian's busybox-static:arm64 by scripts/setup-host.sh
+    // (installing it would replace the host's /bin/busybox).
+    busybox: "/usr/local/lib/khtest/arm64/busybox",
+    busybox_package: "busybox-static:arm64, unpacked by scripts/setup-host.sh",
+};
+
 impl Arch {
+    pub fn facts(self) -> &'static ArchFacts {
+        match self {
+            Arch::X86_64 => &X86_64,
+            Arch::Arm64 => &ARM64,
+        }
+    }
+
     /// The kernel's `ARCH=`.
     pub fn kernel_arch(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86_64",
-            Arch::Arm64 => "arm64",
-        }
+        self.facts().kernel_arch
     }
 
     /// The kernel's `SRCARCH` (the directory under `arch/`).
     pub fn srcarch(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86",
-            Arch::Arm64 => "arm64",
-        }
+        self.facts().srcarch
     }
 
     pub fn is_host(self) -> bool {
-        matches!((self, std::env::consts::ARCH), (Arch::X86_64, "x86_64") | (Arch::Arm64, "aarch64"))
+        self.facts().rust_arch == std::env::consts::ARCH
     }
 
     /// `CROSS_COMPILE=` for this arch on this host (empty for native).
-    pub fn cross_compile(self) -> &'static str {
+    pub fn cross_compile(self) -> String {
         if self.is_host() {
-            return "";
-        }
-        match self {
-            Arch::X86_64 => "x86_64-linux-gnu-",
-            Arch::Arm64 => "aarch64-linux-gnu-",
+            String::new()
+        } else {
+            format!("{}-", self.facts().triple)
         }
     }
 }

@@ -43,20 +43,13 @@ pub fn required(cell: &Cell) -> Vec<Tool> {
         tool("llc", "llvm"),
         tool("llvm-objdump", "llvm"),
     ];
-    let cross = cell.arch.cross_compile();
+    let (cross, facts) = (cell.arch.cross_compile(), cell.arch.facts());
     if !cross.is_empty() {
-        t.push(tool(format!("{cross}gcc"), "gcc-aarch64-linux-gnu"));
-        t.push(tool(format!("{cross}ld"), "binutils-aarch64-linux-gnu"));
+        t.push(tool(format!("{cross}gcc"), facts.cross_packages[0]));
+        t.push(tool(format!("{cross}ld"), facts.cross_packages[1]));
     }
-    match cell.arch {
-        Arch::X86_64 => t.push(tool("qemu-system-x86_64", "qemu-system-x86")),
-        Arch::Arm64 => t.push(tool("qemu-system-aarch64", "qemu-system-arm")),
-    }
-    let busybox = crate::image::busybox_for(cell.arch).to_string_lossy().into_owned();
-    match cell.arch {
-        Arch::X86_64 => t.push(tool(busybox, "busybox-static")),
-        Arch::Arm64 => t.push(tool(busybox, "busybox-static:arm64, unpacked by scripts/setup-host.sh")),
-    }
+    t.push(tool(facts.qemu, facts.qemu_package));
+    t.push(tool(facts.busybox, facts.busybox_package));
     t
 }
 
@@ -110,14 +103,19 @@ fn toolchain(arch: Arch) -> Vec<String> {
 /// A key for the toolchain of `arch`: its programs' `--version` output. Part
 /// of every build's cache key, so that a new compiler builds afresh.
 pub fn toolchain_key(arch: Arch) -> Result<String> {
+    versions_key(&toolchain(arch))
+}
+
+/// A key over each program's name and `--version` output.
+fn versions_key(programs: &[String]) -> Result<String> {
     let mut parts = Vec::new();
-    for prog in toolchain(arch) {
+    for prog in programs {
         let out = crate::process::output_limited(std::process::Command::new(&prog).arg("--version"), crate::process::TOOL_LIMIT)
             .map_err(|e| anyhow::anyhow!("cannot run `{prog} --version`: {e:#}"))?;
         if !out.status.success() {
             bail!("`{prog} --version` failed ({})", out.status);
         }
-        parts.push(prog.into_bytes());
+        parts.push(prog.as_bytes().to_vec());
         parts.push(out.stdout);
     }
     let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
@@ -174,9 +172,28 @@ mod tests {
     }
 
     #[test]
-    fn the_toolchain_key_is_stable_and_per_arch() {
-        let x = toolchain_key(Arch::X86_64).unwrap();
-        assert_eq!(x, toolchain_key(Arch::X86_64).unwrap());
+    fn a_new_version_of_any_toolchain_program_changes_the_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let prog = |name: &str, body: &str| {
+            let p = d.path().join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p.to_string_lossy().into_owned()
+        };
+        let progs = [prog("cc", "echo 'cc (Debian 12.2.0-14) 12.2.0'"), prog("ld", "echo 'GNU ld 2.40'")];
+        let before = versions_key(&progs).unwrap();
+        prog("ld", "echo 'GNU ld 2.41'");
+        assert_ne!(versions_key(&progs).unwrap(), before, "a new linker must build afresh");
+        prog("ld", "echo 'GNU ld 2.40'");
+        assert_eq!(versions_key(&progs).unwrap(), before);
+        prog("ld", "exit 1");
+        let e = format!("{:#}", versions_key(&progs).unwrap_err());
+        assert!(e.contains(&progs[1]) && e.contains("--version` failed"), "{e}");
+    }
+
+    #[test]
+    fn the_toolchain_has_the_cross_and_the_host_compiler() {
         let arm = toolchain(Arch::Arm64);
         assert!(arm.iter().any(|p| p.ends_with("-gcc")) && arm.iter().any(|p| p == "gcc"), "{arm:?}");
         let host = toolchain(Arch::X86_64);

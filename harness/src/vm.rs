@@ -108,10 +108,8 @@ impl Spec {
         // console port's data when the host reads more slowly than the
         // guest writes (hw/char/virtio-console.c, flush_buf), which lost
         // the tail of arm64 pulls; a plain port is throttled instead.
-        let (qemu, console, board, bus): (&str, &str, &[&str], &str) = match self.arch {
-            Arch::X86_64 => ("qemu-system-x86_64", "ttyS0", &[], "virtio-serial-pci"),
-            Arch::Arm64 => ("qemu-system-aarch64", "ttyAMA0", &["-M", "virt", "-cpu", "cortex-a57"], "virtio-serial-device"),
-        };
+        let f = self.arch.facts();
+        let (qemu, console, board, bus) = (f.qemu, f.console, f.qemu_board, f.virtio_serial);
         let xfer = "/dev/vport0p1";
         let xfer_dev = ["-device", bus, "-device", "virtserialport,chardev=xfer,nr=1"];
         let sock = self.dir.join("xfer.sock");
