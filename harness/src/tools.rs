@@ -110,7 +110,7 @@ pub fn toolchain_key(arch: Arch) -> Result<String> {
 fn versions_key(programs: &[String]) -> Result<String> {
     let mut parts = Vec::new();
     for prog in programs {
-        let out = crate::process::output_limited(std::process::Command::new(&prog).arg("--version"), crate::process::TOOL_LIMIT)
+        let out = crate::process::output_limited(std::process::Command::new(prog).arg("--version"), crate::process::TOOL_LIMIT)
             .map_err(|e| anyhow::anyhow!("cannot run `{prog} --version`: {e:#}"))?;
         if !out.status.success() {
             bail!("`{prog} --version` failed ({})", out.status);
