@@ -181,51 +181,18 @@ pub fn run(project: &Project, matrix: &Matrix, cell: &Cell, settings: &Settings,
 }
 
 fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Settings) -> Result<(), Stop> {
-    let cache = run.phase("preflight", |run| {
-        tools::check(&tools::required(cell)).map_err(error)?;
-        // The last run's unpacked archive stays, for the extract phase to
-        // rewrite in place (scratch.rs says why).
-        crate::scratch::clear_dir_except(&run.dir, HEADERS).map_err(|e| Verdict::Error(format!("cannot clear {}: {e:#}", run.dir.display())))?;
-        std::fs::create_dir_all(&run.dir).map_err(|e| Verdict::Error(format!("cannot create the cell directory {}: {e}", run.dir.display())))?;
-        // The unpacked trees and the kselftest's temporary one go here.
-        crate::scratch::spread_new_subdirs(&run.dir);
-        tools::check_space(&run.dir, "output directory (--out)", tools::OUT_DIR_NEEDS).map_err(error)?;
-        let cache = Cache::open(&s.cache_dir).map_err(error)?;
-        tools::check_space(cache.root(), "cache (--cache, KHTEST_CACHE)", tools::CACHE_NEEDS).map_err(error)?;
-        Ok(cache)
-    })?;
+    let cache = run.phase("preflight", |run| preflight(run, cell, s))?;
     let tree = run.phase("tree", |run| {
-        let progress = run.progress;
-        let name = run.name.clone();
+        let (progress, name) = (run.progress, run.name.clone());
         tree::prepare(&cache, &s.source, project, cell.patched, &|m| progress(&prefixed(&name, m))).map_err(error)
     })?;
-
     let want = kbuild::requested(cell, &matrix.fragment_paths(cell)).map_err(error)?;
     let toolchain = tools::toolchain_key(cell.arch).map_err(error)?;
     let build_key = build_key(&tree.key, &toolchain, cell, &want);
-    let ccache = Some(cache.root().join("ccache"));
     let _build_lock = cache.lock(&format!("build-{build_key}")).map_err(error)?;
-    let build_log = run.dir.join("build.log");
-    let build = match cell.build {
-        BuildKind::OutOfTree => Build { arch: cell.arch, src: tree.path.clone(), obj: tree.build_dir(&build_key), kind: cell.build, ccache },
-        // The cell's own copy of the tree, `make mrproper`ed: the first
-        // build of every new tree, series or config starts pristine, which
-        // is when the 2019 circular dependency would show.
-        BuildKind::InTree => {
-            let dir = run.phase("pristine", |_| {
-                cache
-                    .get_or_make("intree", &build_key, |dir| {
-                        tree::copy_tree(&tree.path, dir)?;
-                        Build { arch: cell.arch, src: dir.to_owned(), obj: dir.to_owned(), kind: cell.build, ccache: None }.mrproper(&build_log)
-                    })
-                    .map_err(error)
-            })?;
-            Build { arch: cell.arch, src: dir.clone(), obj: dir, kind: cell.build, ccache }
-        }
-    };
-
+    let build = object_tree(run, &cache, &tree, cell, &build_key)?;
     let config = run.phase("configure", |run| {
-        let got = build.configure(&want, &build_log).map_err(|e| match e.downcast_ref::<kbuild::NotStuck>() {
+        let got = build.configure(&want, &run.dir.join("build.log")).map_err(|e| match e.downcast_ref::<kbuild::NotStuck>() {
             Some(n) => Verdict::Fail(n.to_string()),
             None => error(e),
         })?;
@@ -234,34 +201,7 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     })?;
     // The cell's copy of the build's archive: every later check reads it.
     let built = run.dir.join("kheaders_data.tar.xz");
-    // Mainline 6.12 runs its generator on every build to compare (`CHK`);
-    // the series lets make decide, so not even that may run.
-    let noop = |before: &checks::Snapshot, log: &Path, from: u64| -> Result<Verdict, Stop> {
-        let after = checks::snapshot(&build.archive()).map_err(|e| error(e.into()))?;
-        Ok(checks::noop_rebuild(before, &after, &log_since(log, from), cell.patched))
-    };
-    let (artifacts, build_was_noop) = run.phase("build", |run| {
-        let image = build.kernel_image();
-        let before = std::fs::metadata(&image).and_then(|m| m.modified()).ok();
-        let archive_before = checks::snapshot(&build.archive()).ok();
-        let from = log_len(&build_log);
-        // A build from scratch: its steps are the next one's estimate.
-        let estimates = progress::Estimates::in_cache(cache.root());
-        let estimate = format!("{}.build-steps", cell.name);
-        let status = |m: &str| (run.progress)(&prefixed(&run.name, m));
-        let a = build.build(&config, &build_log, s.build_limit, &status, estimates.get(&estimate)).map_err(build_stop)?;
-        if before.is_none() {
-            estimates.set(&estimate, a.steps);
-        }
-        run.kernel_built = before != std::fs::metadata(&image).and_then(|m| m.modified()).ok();
-        copy(&a.archive, &built)?;
-        // A make that found the kernel built is a no-op rebuild already.
-        let was_noop = match archive_before {
-            Some(b) if !run.kernel_built => Some(noop(&b, &build_log, from)?).filter(|v| *v == Verdict::Pass),
-            _ => None,
-        };
-        Ok((a, was_noop))
-    })?;
+    let (artifacts, build_was_noop) = run.phase("build", |run| build_kernel(run, &cache, &build, &config, cell, s, &built))?;
     run.phase("rebuild", |run| {
         let name = "no-op rebuild leaves the archive alone";
         if let Some(v) = build_was_noop {
@@ -271,43 +211,142 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         let before = checks::snapshot(&artifacts.archive).map_err(|e| error(e.into()))?;
         let log = run.dir.join("rebuild.log");
         build.rebuild(&log, s.build_limit).map_err(build_stop)?;
-        run.check(name, noop(&before, &log, 0)?)
+        run.check(name, noop_verdict(&build, &before, &log, 0, cell)?)
     })?;
     if cell.regen {
-        run.phase("regen", |run| {
-            let passed = regen::passed_path(&cache.root().join("results"), &build_key);
-            if let Some(p) = regen::cached(&passed).filter(|_| !s.fresh) {
-                let ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0).saturating_sub(p.at);
-                tracing::info!(
-                    "{}: regen passed {} min ago with the same source, series, toolchain and config: not run again (KHTEST_FRESH=1 runs it)",
-                    cell.name,
-                    ago / 60
-                );
-                for name in p.steps {
-                    run.check(&format!("{name} (cached)"), Verdict::Pass)?;
-                }
-                return Ok(());
-            }
-            let scratch = tree.build_dir(&format!("{build_key}-regen"));
-            let steps = regen::run(&build, &artifacts.archive, &scratch, &run.dir, s.build_limit).map_err(build_stop)?;
-            regen::remember(&passed, &steps).map_err(error)?;
-            for (name, v) in steps {
-                run.check(name, v)?;
-            }
-            Ok(())
-        })?;
+        run.phase("regen", |run| regen_checks(run, &cache, &tree, &build, &build_key, &artifacts, s))?;
     }
     let initrd = run.dir.join("initramfs.cpio");
     run.phase("image", |_| image::make(&project.images_dir(), cell.arch, artifacts.kheaders_ko.as_slice(), &initrd).map_err(error))?;
     let spec = Spec { arch: cell.arch, kernel: artifacts.kernel_image.clone(), initrd, dir: run.dir.clone(), memory_mib: 512, timeouts: s.timeouts };
-
-    // The host's checks only need the build's archive (the pull proves the
-    // guest serves the same bytes), so they run while the guest boots, in
-    // lanes: unpack, then build the test module (which the load waits for)
-    // beside the eBPF program; the kselftest, which unpacks and builds on
-    // its own and takes longest; the archive out of the kernel files.
-    let (ko_tx, ko_rx) = std::sync::mpsc::channel();
     let host = Host { project, cell, s, tree: &tree, build: &build, artifacts: &artifacts, built: &built };
+    lanes(run, host, &spec)
+}
+
+/// The tools, the cell directory (its unpacked archive kept), free space,
+/// the cache.
+fn preflight(run: &mut Run, cell: &Cell, s: &Settings) -> Result<Cache, Stop> {
+    tools::check(&tools::required(cell)).map_err(error)?;
+    // The last run's unpacked archive stays, for the extract phase to
+    // rewrite in place (scratch.rs says why).
+    crate::scratch::clear_dir_except(&run.dir, HEADERS).map_err(|e| Verdict::Error(format!("cannot clear {}: {e:#}", run.dir.display())))?;
+    std::fs::create_dir_all(&run.dir).map_err(|e| Verdict::Error(format!("cannot create the cell directory {}: {e}", run.dir.display())))?;
+    // The unpacked trees and the kselftest's temporary one go here.
+    crate::scratch::spread_new_subdirs(&run.dir);
+    tools::check_space(&run.dir, "output directory (--out)", tools::OUT_DIR_NEEDS).map_err(error)?;
+    let cache = Cache::open(&s.cache_dir).map_err(error)?;
+    tools::check_space(cache.root(), "cache (--cache, KHTEST_CACHE)", tools::CACHE_NEEDS).map_err(error)?;
+    Ok(cache)
+}
+
+/// Where the cell builds: an `O=` directory of the tree, or (in-tree) the
+/// cell's own copy of the tree, `make mrproper`ed in phase `pristine`. The
+/// first build of every new tree, series or config then starts pristine,
+/// which is when the 2019 circular dependency would show.
+fn object_tree(run: &mut Run, cache: &Cache, tree: &tree::Tree, cell: &Cell, build_key: &str) -> Result<Build, Stop> {
+    let ccache = Some(cache.root().join("ccache"));
+    let at = |src: PathBuf, obj: PathBuf, ccache| Build { arch: cell.arch, src, obj, kind: cell.build, ccache };
+    match cell.build {
+        BuildKind::OutOfTree => Ok(at(tree.path.clone(), tree.build_dir(build_key), ccache)),
+        BuildKind::InTree => {
+            let log = run.dir.join("build.log");
+            let dir = run.phase("pristine", |_| {
+                cache
+                    .get_or_make("intree", build_key, |dir| {
+                        tree::copy_tree(&tree.path, dir)?;
+                        at(dir.to_owned(), dir.to_owned(), None).mrproper(&log)
+                    })
+                    .map_err(error)
+            })?;
+            Ok(at(dir.clone(), dir, ccache))
+        }
+    }
+}
+
+/// Build the kernel (showing progress against the last build from
+/// scratch) and copy its archive to `built`. With it, the no-op rebuild's
+/// verdict when this make found the kernel built already.
+fn build_kernel(
+    run: &mut Run,
+    cache: &Cache,
+    build: &Build,
+    config: &kbuild::Config,
+    cell: &Cell,
+    s: &Settings,
+    built: &Path,
+) -> Result<(kbuild::Artifacts, Option<Verdict>), Stop> {
+    let build_log = run.dir.join("build.log");
+    let image = build.kernel_image();
+    let before = std::fs::metadata(&image).and_then(|m| m.modified()).ok();
+    let archive_before = checks::snapshot(&build.archive()).ok();
+    let from = log_len(&build_log);
+    let estimates = progress::Estimates::in_cache(cache.root());
+    let estimate = format!("{}.build-steps", cell.name);
+    let status = |m: &str| (run.progress)(&prefixed(&run.name, m));
+    let a = build.build(config, &build_log, s.build_limit, &status, estimates.get(&estimate)).map_err(build_stop)?;
+    // A build from scratch: its steps are the next one's estimate.
+    if before.is_none() {
+        estimates.set(&estimate, a.steps);
+    }
+    run.kernel_built = before != std::fs::metadata(&image).and_then(|m| m.modified()).ok();
+    copy(&a.archive, built)?;
+    // A make that found the kernel built is a no-op rebuild already.
+    let was_noop = match archive_before {
+        Some(b) if !run.kernel_built => Some(noop_verdict(build, &b, &build_log, from, cell)?).filter(|v| *v == Verdict::Pass),
+        _ => None,
+    };
+    Ok((a, was_noop))
+}
+
+/// The no-op rebuild's verdict on the archive as it was `before` and the
+/// make output in `log` after its first `from` bytes. Mainline 6.12 runs
+/// its generator on every build to compare (`CHK`); the series lets make
+/// decide, so not even that may run.
+fn noop_verdict(build: &Build, before: &checks::Snapshot, log: &Path, from: u64, cell: &Cell) -> Result<Verdict, Stop> {
+    let after = checks::snapshot(&build.archive()).map_err(|e| error(e.into()))?;
+    Ok(checks::noop_rebuild(before, &after, &log_since(log, from), cell.patched))
+}
+
+/// The regen checks, or their passing outcome from the cache.
+fn regen_checks(
+    run: &mut Run,
+    cache: &Cache,
+    tree: &tree::Tree,
+    build: &Build,
+    build_key: &str,
+    artifacts: &kbuild::Artifacts,
+    s: &Settings,
+) -> Result<(), Stop> {
+    let passed = regen::passed_path(&cache.root().join("results"), build_key);
+    if let Some(p) = regen::cached(&passed).filter(|_| !s.fresh) {
+        let ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0).saturating_sub(p.at);
+        tracing::info!(
+            "{}: regen passed {} min ago with the same source, series, toolchain and config: not run again (KHTEST_FRESH=1 runs it)",
+            run.name,
+            ago / 60
+        );
+        for name in p.steps {
+            run.check(&format!("{name} (cached)"), Verdict::Pass)?;
+        }
+        return Ok(());
+    }
+    let scratch = tree.build_dir(&format!("{build_key}-regen"));
+    let steps = regen::run(build, &artifacts.archive, &scratch, &run.dir, s.build_limit).map_err(build_stop)?;
+    regen::remember(&passed, &steps).map_err(error)?;
+    for (name, v) in steps {
+        run.check(name, v)?;
+    }
+    Ok(())
+}
+
+/// The host's checks only need the build's archive (the pull proves the
+/// guest serves the same bytes), so they run while the guest boots, in
+/// lanes: unpack, then build the test module (which the load waits for)
+/// beside the eBPF program; the kselftest, which unpacks and builds on
+/// its own and takes longest; the archive out of the kernel files.
+fn lanes(run: &mut Run, host: Host<'_>, spec: &Spec) -> Result<(), Stop> {
+    let (cell, s) = (host.cell, host.s);
+    let (ko_tx, ko_rx) = std::sync::mpsc::channel();
     std::thread::scope(|scope| {
         let mut lane = run.lane();
         let modbuild = scope.spawn(move || {
@@ -324,7 +363,7 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
             let r = host.image_lane(&mut lane);
             (lane, r)
         });
-        let guest = guest_lane(run, cell, s, &spec, &built, artifacts.kheaders_ko.is_some()).and_then(|mut guest| {
+        let guest = guest_lane(run, cell, s, spec, host.built, host.artifacts.kheaders_ko.is_some()).and_then(|mut guest| {
             // No module comes if the lane stopped or the archive has
             // headers only: the lane's own result says which.
             let r = match ko_rx.recv() {
