@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::cell::{self, Settings};
+use crate::cell::{self, Built, Settings};
 use crate::kbuild::{self, Build, BUILD_TIMESTAMP};
 use crate::matrix::{BuildKind, Cell, Kheaders, Matrix};
 use crate::process::run_logged;
@@ -77,7 +77,6 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
     let x86 = pick("x86_64 =y O= module-build", &|c| oot(c) && c.patched && c.modbuild && c.arch.is_host())?;
     let arm = pick("arm64 =y O= module-build", &|c| oot(c) && c.patched && c.modbuild && !c.arch.is_host())?;
     let mainline = pick("unpatched", &|c| oot(c) && !c.patched)?;
-    let mut figures = Vec::new();
 
     progress("bench: the builds (cached ones are no-op makes)");
     let log = dir.join("build.log");
@@ -89,7 +88,28 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
     let arm = cell::build_only(project, matrix, &arm, s, None, &log)?;
     let mainline = cell::build_only(project, matrix, &mainline, s, None, &log)?;
 
+    let mut figures = Vec::new();
     progress("bench: no-op rebuilds, archive on and off");
+    let noop_off = noop_rebuilds(&on, &off, s, opts, &dir, &mut figures)?;
+    progress("bench: rebuild after one header is added, then removed");
+    header_rebuilds(&on, noop_off, s, &dir, &mut figures)?;
+    progress("bench: archive sizes and generation times");
+    archives(&on, &arm, &mainline, &dir, &mut figures)?;
+    progress("bench: extraction, liblzma + tar crate vs tar -xJf");
+    extraction(&on, opts, &dir, &mut figures)?;
+    progress("bench: bare boots and verdicts of one cell, taking turns");
+    verdicts(project, matrix, &x86, &on, s, opts, &dir, &mut figures)?;
+    if opts.matrix {
+        whole_matrix(project, matrix, s, opts, progress, &mut figures)?;
+    }
+
+    std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&figures)?)?;
+    std::fs::write(dir.join("bench.md"), markdown(&figures))?;
+    Ok(figures)
+}
+
+/// The no-op rebuild with the archive and without; returns the latter.
+fn noop_rebuilds(on: &Built, off: &Built, s: &Settings, opts: &Options, dir: &Path, figures: &mut Vec<Figure>) -> Result<f64> {
     let log = dir.join("rebuild.log");
     let (mut t_on, mut t_off) = (Vec::new(), Vec::new());
     for _ in 0..opts.reps {
@@ -102,8 +122,12 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
             .against("no-op rebuild, CONFIG_IKHEADERS=n", noop_off)
             .ratio_at_most(1.10),
     );
+    Ok(noop_off)
+}
 
-    progress("bench: rebuild after one header is added, then removed");
+/// Rebuilds after a header is added to the object tree, then removed.
+fn header_rebuilds(on: &Built, noop_off: f64, s: &Settings, dir: &Path, figures: &mut Vec<Figure>) -> Result<()> {
+    let log = dir.join("rebuild.log");
     let probe = on.build.obj.join("include/generated/khtest-bench-probe.h");
     std::fs::write(&probe, "#define KHTEST_BENCH_PROBE 1\n")?;
     let added = timed(|| on.build.rebuild(&log, s.build_limit));
@@ -117,13 +141,17 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
     figures.push(
         Figure::new("incremental", "rebuild after that header is removed", removed, "s").against("no-op rebuild, CONFIG_IKHEADERS=n", noop_off),
     );
+    Ok(())
+}
 
-    progress("bench: archive sizes and generation times");
+/// Archive sizes and generation times, headers only and with the
+/// module-build files, against mainline's.
+fn archives(on: &Built, arm: &Built, mainline: &Built, dir: &Path, figures: &mut Vec<Figure>) -> Result<()> {
     let mainline_size = std::fs::metadata(&mainline.archive)?.len() as f64 / 1e6;
     figures.push(Figure::new("archive", "x86_64 mainline 6.12 (headers only, as Debian ships it)", mainline_size, "MB"));
-    for (arch, b) in [("x86_64", &on), ("arm64", &arm)] {
-        let (h_size, h_time) = generate(&b.build, "headers", &dir)?;
-        let (m_size, m_time) = generate(&b.build, "modbuild", &dir)?;
+    for (arch, b) in [("x86_64", on), ("arm64", arm)] {
+        let (h_size, h_time) = generate(&b.build, "headers", dir)?;
+        let (m_size, m_time) = generate(&b.build, "modbuild", dir)?;
         figures.push(Figure::new("archive", format!("{arch} series, headers only"), h_size, "MB").against("mainline 6.12 x86_64", mainline_size));
         let mut f =
             Figure::new("archive", format!("{arch} series, with module-build files"), m_size, "MB").against("headers only, same build", h_size);
@@ -133,8 +161,11 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
         figures.push(f);
         figures.push(Figure::new("archive", format!("{arch} generation time, with module-build files"), m_time, "s").against("headers only", h_time));
     }
+    Ok(())
+}
 
-    progress("bench: extraction, liblzma + tar crate vs tar -xJf");
+/// Host extraction: the crate against `tar -xJf`, and over an earlier tree.
+fn extraction(on: &Built, opts: &Options, dir: &Path, figures: &mut Vec<Figure>) -> Result<()> {
     let (mut t_lib, mut t_tar) = (Vec::new(), Vec::new());
     let trees: Vec<_> = (0..opts.reps).flat_map(|i| [dir.join(format!("extract-lib-{i}")), dir.join(format!("extract-tar-{i}"))]).collect();
     // Nothing is deleted between the timed extractions: on ext4 without a
@@ -181,8 +212,21 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
         Figure::new("extract", "the same over an earlier extraction of the archive (files kept in place)", median(&mut t_over), "s")
             .against("into a new directory", fresh),
     );
+    Ok(())
+}
 
-    progress("bench: bare boots and verdicts of one cell, taking turns");
+/// Bare boots and whole verdicts of `x86`, taking turns.
+#[allow(clippy::too_many_arguments)]
+fn verdicts(
+    project: &Project,
+    matrix: &Matrix,
+    x86: &Cell,
+    on: &Built,
+    s: &Settings,
+    opts: &Options,
+    dir: &Path,
+    figures: &mut Vec<Figure>,
+) -> Result<()> {
     let initrd = dir.join("initramfs.cpio");
     image::make(&project.images_dir(), x86.arch, &[], &initrd)?;
     let spec = Spec { arch: x86.arch, kernel: on.kernel_image.clone(), initrd, dir: dir.join("guest"), memory_mib: 512, timeouts: s.timeouts };
@@ -230,64 +274,65 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
     for p in &report.phases {
         figures.push(Figure::new("verdict", format!("{}: phase {} (from {:.2} s)", x86.name, p.name, p.start), p.seconds, "s"));
     }
+    Ok(())
+}
 
-    if opts.matrix {
-        // Two rounds in one cache; the second must build nothing. With
-        // `cold`, the cache is a private one, emptied first, so that the
-        // first round is really cold (unpack, patch, every kernel built),
-        // and removed after; else the first round only builds what the
-        // user's cache lacks.
-        let (ms, first) = if opts.cold {
-            (Settings { cache_dir: s.cache_dir.join("bench-cold"), ..s.clone() }, ("cold (empty cache)", Some(30.0)))
-        } else {
-            (s.clone(), ("first (this cache)", None))
-        };
-        let clear = || std::fs::remove_dir_all(&ms.cache_dir).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) });
-        if opts.cold {
-            clear().with_context(|| format!("cannot empty {}", ms.cache_dir.display()))?;
+/// The whole matrix twice in one cache (the second round must build
+/// nothing); with `cold`, the first round in a private, empty cache.
+fn whole_matrix(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, progress: &dyn Fn(&str), figures: &mut Vec<Figure>) -> Result<()> {
+    let quiet = |_: &str| {};
+    // Two rounds in one cache; the second must build nothing. With
+    // `cold`, the cache is a private one, emptied first, so that the
+    // first round is really cold (unpack, patch, every kernel built),
+    // and removed after; else the first round only builds what the
+    // user's cache lacks.
+    let (ms, first) = if opts.cold {
+        (Settings { cache_dir: s.cache_dir.join("bench-cold"), ..s.clone() }, ("cold (empty cache)", Some(30.0)))
+    } else {
+        (s.clone(), ("first (this cache)", None))
+    };
+    let clear = || std::fs::remove_dir_all(&ms.cache_dir).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) });
+    if opts.cold {
+        clear().with_context(|| format!("cannot empty {}", ms.cache_dir.display()))?;
+    }
+    for (round, limit) in [first, ("warm (same cache)", Some(3.0))] {
+        progress(&format!("bench: the whole matrix, {round}, cache {}", ms.cache_dir.display()));
+        let t = Instant::now();
+        let reports: Vec<_> = matrix.cells.iter().map(|c| cell::run(project, matrix, c, &ms, &quiet)).collect();
+        let secs = t.elapsed().as_secs_f64();
+        let built = reports.iter().filter(|r| r.kernel_built).count();
+        // Regen steps that passed before with the same inputs are not run again.
+        let cached = reports.iter().filter(|r| r.checks.iter().any(|c| c.name.ends_with("(cached)"))).count();
+        let bad: Vec<_> = reports.iter().filter(|r| r.verdict.is_bad()).map(|r| r.cell.as_str()).collect();
+        if !bad.is_empty() {
+            bail!("the matrix did not pass ({}), so its time means nothing", bad.join(", "));
         }
-        for (round, limit) in [first, ("warm (same cache)", Some(3.0))] {
-            progress(&format!("bench: the whole matrix, {round}, cache {}", ms.cache_dir.display()));
-            let t = Instant::now();
-            let reports: Vec<_> = matrix.cells.iter().map(|c| cell::run(project, matrix, c, &ms, &quiet)).collect();
-            let secs = t.elapsed().as_secs_f64();
-            let built = reports.iter().filter(|r| r.kernel_built).count();
-            // Regen steps that passed before with the same inputs are not run again.
-            let cached = reports.iter().filter(|r| r.checks.iter().any(|c| c.name.ends_with("(cached)"))).count();
-            let bad: Vec<_> = reports.iter().filter(|r| r.verdict.is_bad()).map(|r| r.cell.as_str()).collect();
-            if !bad.is_empty() {
-                bail!("the matrix did not pass ({}), so its time means nothing", bad.join(", "));
-            }
-            let f = Figure::new(
-                "matrix",
-                format!("whole matrix, {round}: {} cells, {built} kernel(s) built, regen cached in {cached}", reports.len()),
-                secs / 60.0,
-                "min",
-            );
-            figures.push(match limit {
-                Some(l) => f.at_most(l),
-                None => f,
-            });
-            // Where a round's time goes: the phases summed over its cells.
-            let mut by_phase: Vec<(String, f64)> = Vec::new();
-            for p in reports.iter().flat_map(|r| &r.phases) {
-                match by_phase.iter_mut().find(|(n, _)| *n == p.name) {
-                    Some((_, t)) => *t += p.seconds,
-                    None => by_phase.push((p.name.clone(), p.seconds)),
-                }
-            }
-            for (name, t) in by_phase.into_iter().filter(|(_, t)| *t >= 1.0) {
-                figures.push(Figure::new("matrix", format!("  {round}: phase {name}, all cells"), t / 60.0, "min"));
+        let f = Figure::new(
+            "matrix",
+            format!("whole matrix, {round}: {} cells, {built} kernel(s) built, regen cached in {cached}", reports.len()),
+            secs / 60.0,
+            "min",
+        );
+        figures.push(match limit {
+            Some(l) => f.at_most(l),
+            None => f,
+        });
+        // Where a round's time goes: the phases summed over its cells.
+        let mut by_phase: Vec<(String, f64)> = Vec::new();
+        for p in reports.iter().flat_map(|r| &r.phases) {
+            match by_phase.iter_mut().find(|(n, _)| *n == p.name) {
+                Some((_, t)) => *t += p.seconds,
+                None => by_phase.push((p.name.clone(), p.seconds)),
             }
         }
-        if opts.cold {
-            clear().with_context(|| format!("cannot remove {}", ms.cache_dir.display()))?;
+        for (name, t) in by_phase.into_iter().filter(|(_, t)| *t >= 1.0) {
+            figures.push(Figure::new("matrix", format!("  {round}: phase {name}, all cells"), t / 60.0, "min"));
         }
     }
-
-    std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&figures)?)?;
-    std::fs::write(dir.join("bench.md"), markdown(&figures))?;
-    Ok(figures)
+    if opts.cold {
+        clear().with_context(|| format!("cannot remove {}", ms.cache_dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Run the series' generator by hand in `build`'s object tree for one list
