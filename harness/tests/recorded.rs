@@ -1,0 +1,99 @@
+//! The parsers against output recorded from real runs, kept in
+//! `test_data/` (as kunit_tool keeps its `test_data/`): guest consoles,
+//! kbuild and modpost output, kselftest TAP, failed kernel builds. Each
+//! test asserts what a person reading the verdict needs to see.
+
+use std::path::{Path, PathBuf};
+
+use kheaders_selftest::modbuild;
+use khtest::console::{Console, ConsoleError, Output};
+use khtest::report::Verdict;
+use khtest::{buildlog, checks};
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("test_data").join(rel)
+}
+
+fn text(rel: &str) -> String {
+    std::fs::read_to_string(fixture(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// A recorded console, replayed: commands go nowhere, and the guest's
+/// answers come in the order they were recorded.
+fn replay(rel: &str) -> Console<std::io::Sink> {
+    let file = std::fs::File::open(fixture(rel)).unwrap();
+    Console::new(file, std::io::sink(), std::io::sink())
+}
+
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The next command's output, as the cell sent it.
+fn next(console: &mut Console<std::io::Sink>) -> Output {
+    let seq = console.send("(recorded)").unwrap();
+    console.wait_done(seq, LIMIT).unwrap()
+}
+
+#[test]
+fn an_m_modversions_guest_serves_the_archive_only_while_kheaders_ko_is_loaded_and_refuses_the_module() {
+    let mut c = replay("console/x86_64-m-modversions.log");
+    let ready = c.wait_line(LIMIT, |l| l.starts_with("KHTEST-READY")).unwrap();
+    assert_eq!(ready, "KHTEST-READY 6.12.117");
+    let paths = ["/sys/kernel/kheaders.tar.xz", "/proc/kheaders.tar.xz"];
+    // stat before insmod kheaders.ko: nothing served.
+    assert_eq!(checks::served_sizes(&checks::parse_stat(&next(&mut c).text), &[], 0), Verdict::Pass);
+    assert_eq!(next(&mut c).status, 0, "insmod kheaders.ko");
+    let served = checks::parse_stat(&next(&mut c).text);
+    assert_eq!(checks::served_sizes(&served, &paths, 4_950_772), Verdict::Pass);
+    assert!(matches!(checks::served_sizes(&served, &paths, 4_950_773), Verdict::Fail(m) if m.contains("is 4950772 bytes")));
+    // The pull's size, its transfer, rmmod, stat again, the push of test.ko and its check.
+    assert!(next(&mut c).text.contains("KHTEST-SIZE 4950772"));
+    for _ in 5..=9 {
+        next(&mut c);
+    }
+    let refused = next(&mut c);
+    assert_ne!(refused.status, 0);
+    assert_eq!(checks::refused_without_versions(refused.status, &refused.text), Verdict::Pass, "{}", refused.text);
+    // `reboot -f`: the console ends without an answer.
+    let seq = c.send("reboot -f").unwrap();
+    assert!(matches!(c.wait_done(seq, LIMIT), Err(ConsoleError::Closed("console"))));
+}
+
+#[test]
+fn an_arm64_guest_loads_and_unloads_the_test_module() {
+    let mut c = replay("console/arm64-y-o.log");
+    c.wait_line(LIMIT, |l| l.starts_with("KHTEST-READY")).unwrap();
+    let served = checks::parse_stat(&next(&mut c).text);
+    assert_eq!(checks::served_sizes(&served, &["/sys/kernel/kheaders.tar.xz", "/proc/kheaders.tar.xz"], 4_764_904), Verdict::Pass);
+    for _ in 2..=5 {
+        next(&mut c);
+    }
+    let insmod = next(&mut c);
+    assert_eq!(checks::kernel_log_has("insmod", &insmod.text, checks::HELLO), Verdict::Pass);
+    assert!(matches!(checks::kernel_log_has("insmod", &insmod.text, checks::GOODBYE), Verdict::Fail(_)));
+    assert_eq!(checks::kernel_log_has("rmmod", &next(&mut c).text, checks::GOODBYE), Verdict::Pass);
+}
+
+#[test]
+fn the_kselftest_passes_with_module_build_files_and_headers_only() {
+    let t = "kheaders: run_kheaders_modbuild.sh";
+    assert_eq!(checks::kselftest_tap(&text("kselftest/x86_64-y-o.log"), t), Verdict::Pass);
+    // Mainline's headers-only archive: the module subtests skip, with why.
+    let mainline = text("kselftest/x86_64-unpatched.log");
+    assert_eq!(checks::kselftest_tap(&mainline, t), Verdict::Pass);
+    assert!(mainline.contains("# ok 3 module builds against the archive # SKIP headers-only archive (no Makefile)"));
+    // Another test's line is no result for this one.
+    assert!(matches!(checks::kselftest_tap(&mainline, "kheaders: other.sh"), Verdict::Fail(m) if m.contains("no result line")));
+}
+
+#[test]
+fn modpost_warns_of_the_missing_module_symvers_and_nothing_is_an_error() {
+    for (log, undefined) in [("modbuild/x86_64-y-o.log", &["_printk"][..]), ("modbuild/x86_64-m-modversions.log", &["_printk", "module_layout"])] {
+        let (warnings, errors) = modbuild::classify(&text(log));
+        assert!(errors.is_empty(), "{log}: {errors:?}");
+        assert!(warnings.iter().any(|w| w == "WARNING: Module.symvers is missing."), "{log}: {warnings:?}");
+        for sym in undefined {
+            assert!(warnings.iter().any(|w| w.starts_with(&format!("WARNING: modpost: \"{sym}\"")) && w.ends_with("undefined!")), "{log}: {sym}");
+        }
+        assert!(buildlog::first_failure(&text(log)).lines.is_empty(), "{log}: a build that passed has no failure");
+    }
+}
