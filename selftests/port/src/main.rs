@@ -7,7 +7,7 @@
 
 use std::io::stdout;
 use std::path::PathBuf;
-use std::process::{exit, Command, Stdio};
+use std::process::{exit, Command};
 
 use kheaders_selftest::ktap::{Ktap, Result::*};
 use kheaders_selftest::{archive, contents, modbuild, testmod_dir};
@@ -53,7 +53,8 @@ fn find_archive() -> Option<PathBuf> {
 }
 
 fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    let ask = modbuild::run_with_deadline(std::time::Duration::from_secs(30));
+    ask(Command::new(tool).arg("--version"), std::path::Path::new("/dev/null")).is_ok()
 }
 
 fn main() {
