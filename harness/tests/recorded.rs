@@ -97,3 +97,56 @@ fn modpost_warns_of_the_missing_module_symvers_and_nothing_is_an_error() {
         assert!(buildlog::first_failure(&text(log)).lines.is_empty(), "{log}: a build that passed has no failure");
     }
 }
+
+/// What the verdict of a kernel build that failed with `log` quotes.
+fn quoted(rel: &str) -> (Vec<String>, Option<usize>, String) {
+    use std::os::unix::process::ExitStatusExt;
+    let f = buildlog::first_failure(&text(rel));
+    assert!(!f.no_space, "{rel}");
+    let failed = khtest::kbuild::MakeFailed {
+        args: "-j3".into(),
+        status: std::process::ExitStatus::from_raw(2 << 8),
+        log: fixture(rel),
+        failure: f.clone(),
+        tail: String::new(),
+    };
+    (f.lines, f.line, failed.to_string())
+}
+
+#[test]
+fn arch_for_srcarch_is_quoted_by_the_find_that_failed() {
+    let (lines, line, verdict) = quoted("build-logs/arch.log");
+    assert_eq!(lines, ["find: 'arch/x86_64': No such file or directory", "make[4]: *** [../kernel/Makefile:164: kernel/kheaders.list] Error 1"]);
+    assert_eq!(line, Some(464));
+    assert!(
+        verdict.starts_with("`make -j3` failed (exit status: 2); first errors (arch.log line 464):\n    find: 'arch/x86_64': No such file or directory\n"),
+        "{verdict}"
+    );
+}
+
+#[test]
+fn the_pristine_tree_cycle_is_quoted_by_makes_no_rule() {
+    let (lines, _, _) = quoted("build-logs/pristine.log");
+    assert_eq!(lines, ["make[3]: *** No rule to make target 'Module.symvers', needed by 'kernel/kheaders_data.tar.xz'.  Stop."]);
+}
+
+#[test]
+fn a_compiler_error_is_quoted_with_its_file_and_line() {
+    let (lines, _, _) = quoted("build-logs/cc.log");
+    assert!(lines[0].starts_with("../kernel/kheaders.c:90:9: error: expected '=', ',', ';'"), "{lines:?}");
+    assert_eq!(lines.last().unwrap(), "make[4]: *** [../scripts/Makefile.build:234: kernel/kheaders.o] Error 1");
+    assert!(lines.len() <= 4, "{lines:?}");
+}
+
+#[test]
+fn a_link_error_is_quoted_with_the_missing_symbol_and_the_object() {
+    let (lines, _, _) = quoted("build-logs/ld.log");
+    assert_eq!(
+        lines,
+        [
+            "ld: kernel/kheaders.o: in function `ikheaders_init':",
+            "kheaders.c:(.init.text+0x11): undefined reference to `khtest_undefined'",
+            "make[3]: *** [../scripts/Makefile.vmlinux:34: vmlinux] Error 1",
+        ]
+    );
+}
