@@ -26,14 +26,22 @@ pub struct Failure {
     pub line: Option<usize>,
     /// Tool lines before make's line that were not quoted.
     pub more: usize,
-    /// The build ran out of disk space: the host's fault, not the tree's.
-    pub no_space: bool,
+    /// What the host did to the build, if the log says so: it ran out
+    /// of disk space, or a compiler was killed (the OOM killer, a person).
+    /// Then the tree is not at fault.
+    pub host_fault: Option<&'static str>,
 }
 
 /// Read `log` (a whole kbuild run's output).
 pub fn first_failure(log: &str) -> Failure {
     let lines: Vec<&str> = log.lines().collect();
-    let no_space = lines.iter().any(|l| l.contains("No space left on device"));
+    let host_fault = if lines.iter().any(|l| l.contains("No space left on device")) {
+        Some("ran out of disk space")
+    } else if lines.iter().any(|l| l.contains("Killed signal terminated program") || (is_make_failure(l) && l.ends_with("Error 137"))) {
+        Some("had a program killed (out of memory?)")
+    } else {
+        None
+    };
     let failure = lines.iter().position(|l| is_make_failure(l));
     let (from, to) = match failure {
         Some(f) => (f.saturating_sub(CAUSE_WINDOW), f),
@@ -47,7 +55,7 @@ pub fn first_failure(log: &str) -> Failure {
         lines: picked.iter().map(|&i| plain_quotes(lines[i].trim_end())).collect(),
         line: failure.or(picked.first().copied()).map(|i| i + 1),
         more: causes.len() - quoted.len(),
-        no_space,
+        host_fault,
     }
 }
 
@@ -145,7 +153,7 @@ mod tests {
             ["find: 'arch/x86_64': No such file or directory", "make[4]: *** [../kernel/Makefile:164: kernel/kheaders.list] Error 1"]
         );
         assert_eq!(f.line, Some(4));
-        assert!(!f.no_space);
+        assert_eq!(f.host_fault, None);
     }
 
     #[test]
@@ -209,9 +217,12 @@ mod tests {
     }
 
     #[test]
-    fn a_full_disk_is_noticed_and_an_empty_log_gives_nothing() {
+    fn a_full_disk_or_a_killed_compiler_is_the_hosts_and_an_empty_log_gives_nothing() {
         let f = first_failure("cc1: fatal error: kernel/a.o: No space left on device\nmake[1]: *** [x] Error 1\n");
-        assert!(f.no_space);
+        assert_eq!(f.host_fault, Some("ran out of disk space"));
+        let f = first_failure("gcc: fatal error: Killed signal terminated program cc1\nmake[4]: *** [x] Error 1\n");
+        assert_eq!(f.host_fault, Some("had a program killed (out of memory?)"));
+        assert_eq!(first_failure("a.c:1:1: error: x\nmake[1]: *** [x] Error 1\n").host_fault, None);
         let f = first_failure("");
         assert!(f.lines.is_empty() && f.line.is_none());
     }

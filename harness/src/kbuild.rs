@@ -269,8 +269,8 @@ impl Build {
         if let Some(sig) = status.signal() {
             bail!("`make {args}` was killed by signal {sig} (log: {})", log.display());
         }
-        if failure.no_space {
-            bail!("`make {args}` ran out of disk space (log: {}):\n{}", log.display(), failure.quote("    ").trim_end());
+        if let Some(what) = failure.host_fault {
+            bail!("`make {args}` {what} (log: {}):\n{}", log.display(), failure.quote("    ").trim_end());
         }
         let tail = if failure.lines.is_empty() { tail(log, 20) } else { String::new() };
         Err(MakeFailed { args, status, log: log.to_owned(), failure, tail }.into())
