@@ -152,3 +152,12 @@ fn a_link_error_is_quoted_with_the_missing_symbol_and_the_object() {
         ]
     );
 }
+
+#[test]
+fn a_panic_at_boot_ends_the_wait_for_the_shell_with_the_panic_text() {
+    let mut c = replay("console/panic-at-boot.log");
+    let e = c.wait_line(LIMIT, |l| l.starts_with("KHTEST-READY")).unwrap_err();
+    let ConsoleError::Crash(text) = e else { panic!("{e:?}") };
+    assert!(text.starts_with("Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100"), "{text}");
+    assert!(!text.contains("khtest: init exits"), "what came before the panic is not its text: {text}");
+}
