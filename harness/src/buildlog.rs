@@ -52,7 +52,7 @@ pub fn first_failure(log: &str) -> Failure {
     let mut picked: Vec<usize> = quoted.to_vec();
     picked.extend(failure);
     Failure {
-        lines: picked.iter().map(|&i| plain_quotes(lines[i].trim_end())).collect(),
+        lines: picked.iter().map(|&i| plain_quotes(lines[i].trim())).collect(),
         line: failure.or(picked.first().copied()).map(|i| i + 1),
         more: causes.len() - quoted.len(),
         host_fault,

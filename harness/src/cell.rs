@@ -559,7 +559,7 @@ impl Host<'_> {
             let text = std::fs::read_to_string(&log).map_err(|e| error(e.into()))?;
             let v = checks::kselftest_tap(&text, "kheaders: run_kheaders_modbuild.sh");
             let v = match v {
-                Verdict::Fail(r) => Verdict::Fail(format!("{r} (log: {})", log.display())),
+                Verdict::Fail(r) => Verdict::Fail(format!("{r}\n  log: {}", log.display())),
                 v => v,
             };
             run.check("kselftest kheaders (make run_tests)", v)

@@ -120,7 +120,8 @@ impl CellReport {
         }
         // The check that stopped the cell is the verdict already.
         for c in self.checks.iter().filter(|c| c.verdict != Verdict::Pass && c.verdict != self.verdict) {
-            let _ = write!(s, "\n  check {}: {} {}", c.name, c.verdict.label(), c.verdict.reason());
+            // A reason of several lines is indented under its check.
+            let _ = write!(s, "\n  check {}: {} {}", c.name, c.verdict.label(), c.verdict.reason().replace('\n', "\n  "));
         }
         for r in &self.retries {
             let _ = write!(s, "\n  retried: {r}");
@@ -227,6 +228,9 @@ mod tests {
         let e = r.explain();
         assert!(e.contains("(in phase load)") && e.contains("rerun: khtest run x86_64-y-o") && e.contains("check module loads: FAIL"), "{e}");
         assert!(!e.contains("check module unloads"), "the verdict's own check is repeated: {e}");
+        let mut r = report(Verdict::Fail("extract: files missing".into()));
+        r.checks[0].verdict = Verdict::Fail("not ok 1\n  not ok 3 module builds".into());
+        assert!(r.explain().contains("check module loads: FAIL not ok 1\n    not ok 3 module builds"), "{}", r.explain());
         assert!(!report(Verdict::Pass).explain().contains("rerun"));
     }
 
