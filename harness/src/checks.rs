@@ -93,6 +93,41 @@ pub fn extract(archive_path: &Path, dest: &Path) -> Result<archive::Extracted, V
     })
 }
 
+/// The most memory a small device may need to decode the archive (K17):
+/// mainline's xz settings, an 8 MiB dictionary, need about that.
+pub const DECODE_LIMIT: u64 = 9 << 20;
+
+/// The memory that decoding needs, from `xz --robot -lvv` output: the
+/// second field of its `summary` line.
+pub fn parse_xz_memory(robot: &str) -> Option<u64> {
+    robot.lines().find_map(|l| l.strip_prefix("summary\t")?.split('\t').next()?.parse().ok())
+}
+
+/// The archive decodes in at most [`DECODE_LIMIT`] bytes, as
+/// `xz --robot -lvv` reads it from the stream's block headers.
+pub fn decode_memory(archive: &Path) -> Verdict {
+    let out =
+        match crate::process::output_limited(std::process::Command::new("xz").args(["--robot", "-lvv"]).arg(archive), crate::process::TOOL_LIMIT) {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+            Ok(o) => return Verdict::Error(format!("xz --robot -lvv {} failed: {}", archive.display(), String::from_utf8_lossy(&o.stderr).trim())),
+            Err(e) => return Verdict::Error(format!("cannot run xz (Debian package xz-utils): {e:#}")),
+        };
+    decode_memory_verdict(&out)
+}
+
+fn decode_memory_verdict(robot: &str) -> Verdict {
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    match parse_xz_memory(robot) {
+        None => Verdict::Error(format!("xz --robot -lvv has no summary line: {robot:?}")),
+        Some(m) if m <= DECODE_LIMIT => Verdict::Pass,
+        Some(m) => Verdict::Fail(format!(
+            "decoding the archive needs {:.1} MiB ({m} bytes, xz --robot -lvv), more than the {:.0} MiB a small device can spare",
+            mib(m),
+            mib(DECODE_LIMIT)
+        )),
+    }
+}
+
 /// No `Module.symvers`, and (with module-build artifacts) what
 /// `make M=` cannot do without.
 pub fn contents(root: &Path, modbuild: bool) -> Verdict {
@@ -343,6 +378,20 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
         std::thread::sleep(Duration::from_millis(200));
         assert!(!running(&marker), "the hung build's child outlived its deadline");
+    }
+
+    #[test]
+    fn decode_memory_is_read_from_xz_and_bounded() {
+        let fixture = |name: &str| std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("test_data/xz-list").join(name)).unwrap();
+        // Recorded from the archive with xz -9's dictionary, and from the
+        // same tar with an 8 MiB one.
+        let nine = fixture("preset-9.txt");
+        assert_eq!(parse_xz_memory(&nine), Some(67_174_456));
+        assert!(matches!(decode_memory_verdict(&nine), Verdict::Fail(m) if m.contains("needs 64.1 MiB (67174456 bytes")), "{nine}");
+        let six = fixture("preset-6e.txt");
+        assert_eq!(parse_xz_memory(&six), Some(8_454_200));
+        assert_eq!(decode_memory_verdict(&six), Verdict::Pass);
+        assert!(matches!(decode_memory_verdict("name\tx\n"), Verdict::Error(_)));
     }
 
     #[test]

@@ -245,8 +245,13 @@ impl Build {
     /// Build only the archive and the object that embeds it (after kbuild's
     /// `prepare`), with `timestamp` as `KBUILD_BUILD_TIMESTAMP`.
     pub fn archive_only(&self, timestamp: &str, log: &Path, limit: Duration) -> Result<PathBuf> {
+        self.archive_only_with(timestamp, &[], log, limit)
+    }
+
+    /// [`Build::archive_only`] with more environment variables.
+    pub fn archive_only_with(&self, timestamp: &str, env: &[(&str, &str)], log: &Path, limit: Duration) -> Result<PathBuf> {
         let mut cmd = self.make();
-        cmd.env("KBUILD_BUILD_TIMESTAMP", timestamp);
+        cmd.env("KBUILD_BUILD_TIMESTAMP", timestamp).envs(env.iter().copied());
         self.run_make(cmd, &[&format!("-j{}", jobs()), "kernel/kheaders.o"], log, limit, &mut || {})?;
         Ok(self.archive())
     }

@@ -6,7 +6,9 @@
 //!   `KBUILD_BUILD_TIMESTAMP`, changing the configuration and removing the
 //!   header each regenerate the archive, which then shows the change (K6);
 //! - the generator prints nothing of its own when it works, and an error of
-//!   its copy step fails it with a message naming the file (K7).
+//!   its copy step fails it with a message naming the file (K7);
+//! - a lower memory limit for xz in `XZ_DEFAULTS` fails the generator,
+//!   saying so, rather than give other bytes (K17).
 //!
 //! Each step's make output is kept as `regen-STEP.log` in the cell directory.
 //!
@@ -113,6 +115,13 @@ pub fn run(cell: &Build, cell_archive: &Path, scratch: &Path, dir: &Path, limit:
         return Ok(steps);
     }
 
+    // A header changed under a low xz memory limit: xz must refuse, not
+    // compress with other settings.
+    write(&scratch.join(PROBE), "/* a khtest probe */\n#define KHTEST_PROBE 3\n")?;
+    if !record("a low XZ_DEFAULTS memory limit fails the generator, not other bytes (K17)", s.xz_limited()?) {
+        return Ok(steps);
+    }
+
     // At once: a comparison of minute-resolution `ls -l` output would miss it.
     write(&scratch.join(PROBE), "/* a khtest probe */\n#define KHTEST_PROBE 2\n")?;
     let (log, archive) = s.generate("changed-header", BUILD_TIMESTAMP.0)?;
@@ -162,6 +171,20 @@ impl Scratch<'_> {
         let archive = self.build.archive_only(timestamp, &log, self.limit)?;
         let text = std::fs::read_to_string(&log).with_context(|| format!("cannot read {}", log.display()))?;
         Ok((text, archive))
+    }
+
+    /// Regenerate with `XZ_DEFAULTS` asking xz to stay under 100 MiB, less
+    /// than the archive's settings need: the build must fail, and say why.
+    fn xz_limited(&self) -> Result<Verdict> {
+        let log = self.dir.join("regen-xz-limit.log");
+        let env = [("XZ_DEFAULTS", "--memlimit-compress=100MiB")];
+        let outcome = self.build.archive_only_with(BUILD_TIMESTAMP.0, &env, &log, self.limit);
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        Ok(match outcome {
+            Err(e) if e.downcast_ref::<crate::kbuild::MakeFailed>().is_some() => xz_limit_verdict(false, &text),
+            Err(e) => return Err(e),
+            Ok(_) => xz_limit_verdict(true, &text),
+        })
     }
 
     fn set_localversion(&self, v: &str) -> Result<()> {
@@ -316,6 +339,23 @@ fn tree_differences(a: &Path, b: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// The verdict on a regeneration under a memory limit lower than the
+/// archive's xz settings need: it must fail with xz's message.
+pub fn xz_limit_verdict(built: bool, log: &str) -> Verdict {
+    let xz: Vec<&str> = log.lines().filter(|l| l.trim_start().starts_with("xz:")).collect();
+    if built {
+        return Verdict::Fail(format!(
+            "with XZ_DEFAULTS=--memlimit-compress=100MiB the archive was still built, with settings xz chose to fit: its bytes depend on \
+             the builder's xz defaults ({})",
+            if xz.is_empty() { "xz said nothing".to_owned() } else { xz.join(" | ") }
+        ));
+    }
+    if !log.contains("Memory usage limit is too low") {
+        return Verdict::Fail(format!("the regeneration failed, but not for xz's memory limit: {}", xz.join(" | ")));
+    }
+    Verdict::Pass
+}
+
 /// The verdict on a generator run that had to fail on `missing`.
 pub fn generator_failed(succeeded: bool, output: &str, archive_written: bool, missing: &str) -> Verdict {
     if succeeded {
@@ -370,6 +410,17 @@ mod tests {
         assert!(
             matches!(generator_failed(false, other, false, "khtest-missing.h"), Verdict::Fail(m) if m.ends_with("last:\n    + set -e\n    xz: (stdin): Compressed data is corrupt"))
         );
+    }
+
+    #[test]
+    fn a_low_xz_limit_must_fail_the_build_with_xzs_reason() {
+        let refused = "  GEN     kernel/kheaders_data.tar.xz\nxz: Memory usage limit is too low for the given filter setup.\n\
+                       xz: 154 MiB of memory is required. The limit is 100 MiB.\nmake[3]: *** [x] Error 1\n";
+        assert_eq!(xz_limit_verdict(false, refused), Verdict::Pass);
+        let adjusted =
+            "  GEN     kernel/kheaders_data.tar.xz\nxz: Switching to single-threaded mode to not exceed the memory usage limit of 100 MiB\n";
+        assert!(matches!(xz_limit_verdict(true, adjusted), Verdict::Fail(m) if m.contains("Switching to single-threaded")));
+        assert!(matches!(xz_limit_verdict(false, "cp: x: No such file\n"), Verdict::Fail(m) if m.contains("not for xz's memory limit")));
     }
 
     #[test]
