@@ -13,6 +13,10 @@
 # breaks), pristine (Module.symvers archived and a prerequisite: the
 # pristine-tree cycle), errors (the generator's cpio errors discarded).
 #
+# Two faults of the second review (K17), run by default too: xzmem (xz -9's
+# 64 MiB dictionary, 65 MiB to decode) and adjust (no --no-adjust: a low
+# XZ_DEFAULTS memory limit changes the bytes instead of failing).
+#
 # Two more, not run unless named, break the build the plainest ways, to
 # show what a broken build's verdict quotes: cc (a compiler error in
 # kernel/kheaders.c) and ld (an undefined reference when vmlinux links).
@@ -31,7 +35,7 @@ set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${KHTEST_FAULTS_OUT:-$repo/target/khtest-faults}
 khtest=$repo/target/release/khtest
-faults=${*:-regen arch spdx symvers oot pristine errors}
+faults=${*:-regen arch spdx symvers oot pristine errors xzmem adjust}
 
 cd "$repo"
 cargo build -q --release -p khtest
@@ -78,6 +82,10 @@ make_patch()
 		fault_patch pristine kernel/Makefile 's/^\$(obj)\/kheaders_data.tar.xz: \$(obj)\/kheaders.list include\/config\/auto.conf FORCE$/$(obj)\/kheaders_data.tar.xz: $(obj)\/kheaders.list include\/config\/auto.conf Module.symvers FORCE/' ;;
 	errors)
 		fault_patch errors kernel/gen_kheaders.sh 's/cpio --quiet -pdmu "\${staging}"$/cpio --quiet -pdmu "${staging}" >\/dev\/null 2>\&1/' ;;
+	xzmem)
+		fault_patch xzmem kernel/gen_kheaders.sh 's/--lzma2=preset=6e,lc=4,pb=0/--lzma2=preset=9,lc=4,pb=0/' ;;
+	adjust)
+		fault_patch adjust kernel/gen_kheaders.sh 's/ --no-adjust \\$/ \\/' ;;
 	cc)
 		fault_patch cc kernel/kheaders.c '/^static int __init ikheaders_init(void)$/,/^}$/s/^\tint ret;$/\tint ret/' ;;
 	ld)
@@ -111,8 +119,8 @@ for f in $faults; do
 	git archive HEAD | tar -x -C "$copy"
 	cp "$out/$f.patch" "$copy/kernel/9999-fault-$f.patch"
 	echo "9999-fault-$f.patch" >> "$copy/kernel/series"
-	# Only the errors fault needs the regen phase: spare the others it.
-	if [ "$f" != errors ]; then
+	# Only these faults need the regen phase: spare the others it.
+	if [ "$f" != errors ] && [ "$f" != adjust ]; then
 		sed -i 's/^    regen: true$/    regen: false/' "$copy/configs/matrix.yaml"
 	fi
 	cell=$(cell_for "$f")
