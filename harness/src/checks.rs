@@ -106,13 +106,21 @@ pub fn parse_xz_memory(robot: &str) -> Option<u64> {
 /// The archive decodes in at most [`DECODE_LIMIT`] bytes, as
 /// `xz --robot -lvv` reads it from the stream's block headers.
 pub fn decode_memory(archive: &Path) -> Verdict {
-    let out =
-        match crate::process::output_limited(std::process::Command::new("xz").args(["--robot", "-lvv"]).arg(archive), crate::process::TOOL_LIMIT) {
-            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-            Ok(o) => return Verdict::Error(format!("xz --robot -lvv {} failed: {}", archive.display(), String::from_utf8_lossy(&o.stderr).trim())),
-            Err(e) => return Verdict::Error(format!("cannot run xz (Debian package xz-utils): {e:#}")),
-        };
-    decode_memory_verdict(&out)
+    match xz_list(archive) {
+        Ok(out) => decode_memory_verdict(&out),
+        Err(e) => Verdict::Error(e),
+    }
+}
+
+/// What `xz --robot -lvv` says of `archive`.
+pub fn xz_list(archive: &Path) -> Result<String, String> {
+    let mut list = std::process::Command::new("xz");
+    list.args(["--robot", "-lvv"]).arg(archive);
+    match crate::process::output_limited(&mut list, crate::process::TOOL_LIMIT) {
+        Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+        Ok(o) => Err(format!("xz --robot -lvv {} failed: {}", archive.display(), String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => Err(format!("cannot run xz (Debian package xz-utils): {e:#}")),
+    }
 }
 
 fn decode_memory_verdict(robot: &str) -> Verdict {
