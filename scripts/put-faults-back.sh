@@ -25,8 +25,8 @@
 # relative to the repository).
 #
 # Each run builds a kernel, mostly from ccache once the series' own cells
-# have been built (under a minute; the errors run also drives the regen
-# phase, about 2.5 min in all; 10.5 min for all seven). Results:
+# have been built (about a minute; the errors and adjust runs also drive
+# the regen phase, about 3 min each; 12 min for all eleven). Results:
 # target/khtest-faults/.
 # The sed expressions below quote make and shell text literally:
 # shellcheck disable=SC2016
