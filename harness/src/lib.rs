@@ -1,14 +1,18 @@
 //! khtest: the end-to-end harness for the in-kernel headers archive.
 //!
 //! One module per stage of the flow (docs/design.md):
-//! [`matrix`] reads the cells, [`tree`] prepares the kernel source,
-//! [`kbuild`] configures and builds ([`buildlog`] reads why a build
-//! failed), [`image`] makes the initramfs, [`vm`]
-//! boots and drives the guest, [`checks`] judges what came out of it, and
-//! [`report`] says what happened. [`bpf`] compiles an eBPF program against
-//! the headers; [`regen`] drives the archive's build rules
-//! in a scratch object tree. [`cell`] runs one cell through all of them;
-//! [`scratch`] places the trees of thousands of files they unpack.
+//! [`matrix`] reads the cells (and holds every per-architecture fact),
+//! [`tree`] prepares the kernel source, [`kbuild`] configures and builds
+//! ([`buildlog`] reads why a build failed), [`image`] makes the
+//! initramfs, [`vm`] boots QEMU and drives the guest through its
+//! [`console`], [`checks`] judges what came out of it, and [`report`] says
+//! what happened. [`bpf`] compiles an eBPF program against the headers;
+//! [`regen`] drives the archive's build rules in a scratch object tree;
+//! [`extract`] finds the archive in kernel files. [`cell`] runs one cell
+//! through all of them. Beside the flow: [`process`] gives every child a
+//! process group and a deadline, [`progress`] reports long steps,
+//! [`scratch`] places the trees of thousands of files they unpack,
+//! [`cache`] keeps what runs share, [`bench`] measures.
 
 pub mod bench;
 pub mod bpf;
