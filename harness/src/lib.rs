@@ -12,7 +12,7 @@
 //! through all of them. Beside the flow: [`process`] gives every child a
 //! process group and a deadline, [`progress`] reports long steps,
 //! [`scratch`] places the trees of thousands of files they unpack,
-//! [`cache`] keeps what runs share, [`bench`] measures.
+//! [`cache`] keeps what runs share, [`bench`](mod@bench) measures.
 
 pub mod bench;
 pub mod bpf;
