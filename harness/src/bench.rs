@@ -237,8 +237,17 @@ fn verdicts(
     figures: &mut Vec<Figure>,
 ) -> Result<()> {
     let initrd = dir.join("initramfs.cpio");
-    image::make(&project.images_dir(), x86.arch, &[], &initrd)?;
-    let spec = Spec { arch: x86.arch, kernel: on.kernel_image.clone(), initrd, dir: dir.join("guest"), memory_mib: 512, timeouts: s.timeouts };
+    image::make(&project.images_dir(), x86.arch, &[], &[], &initrd)?;
+    let spec = Spec {
+        arch: x86.arch,
+        kernel: on.kernel_image.clone(),
+        initrd,
+        dir: dir.join("guest"),
+        memory_mib: 512,
+        timeouts: s.timeouts,
+        shares: Vec::new(),
+        cpus: 1,
+    };
     // Bare boots and whole verdicts take turns, so that both see the same
     // machine; the regen phase drives kbuild, not the guest: not part of a
     // verdict's time, and minutes of xz.

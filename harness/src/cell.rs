@@ -17,7 +17,7 @@ use crate::matrix::{BuildKind, Cell, Matrix, ModuleLoad};
 use crate::report::{cell_dir, CellReport, Check, Phase, Verdict};
 use crate::tree::{self, Source};
 use crate::vm::{Guest, Spec, Timeouts, VmError};
-use crate::{bpf, extract, image, progress, regen, tools, Project};
+use crate::{bpf, device, extract, image, progress, regen, tools, userland, Project};
 
 /// What every cell of a run shares.
 #[derive(Debug, Clone)]
@@ -217,9 +217,18 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         run.phase("regen", |run| regen_checks(run, &cache, &tree, &build, &build_key, &artifacts, s))?;
     }
     let initrd = run.dir.join("initramfs.cpio");
-    run.phase("image", |_| image::make(&project.images_dir(), cell.arch, artifacts.kheaders_ko.as_slice(), &initrd).map_err(error))?;
-    let spec = Spec { arch: cell.arch, kernel: artifacts.kernel_image.clone(), initrd, dir: run.dir.clone(), memory_mib: 512, timeouts: s.timeouts };
-    let host = Host { project, cell, s, tree: &tree, build: &build, artifacts: &artifacts, built: &built };
+    run.phase("image", |_| image::make(&project.images_dir(), cell.arch, artifacts.kheaders_ko.as_slice(), &[], &initrd).map_err(error))?;
+    let spec = Spec {
+        arch: cell.arch,
+        kernel: artifacts.kernel_image.clone(),
+        initrd,
+        dir: run.dir.clone(),
+        memory_mib: 512,
+        timeouts: s.timeouts,
+        shares: Vec::new(),
+        cpus: 1,
+    };
+    let host = Host { project, cell, s, cache: &cache, tree: &tree, build: &build, artifacts: &artifacts, built: &built };
     lanes(run, host, &spec)
 }
 
@@ -363,6 +372,11 @@ fn lanes(run: &mut Run, host: Host<'_>, spec: &Spec) -> Result<(), Stop> {
             let r = host.image_lane(&mut lane);
             (lane, r)
         });
+        let mut lane = run.lane();
+        let device = scope.spawn(move || {
+            let r = host.device_lane(&mut lane);
+            (lane, r)
+        });
         let guest = guest_lane(run, cell, s, spec, host.built, host.artifacts.kheaders_ko.is_some()).and_then(|mut guest| {
             // No module comes if the lane stopped or the archive has
             // headers only: the lane's own result says which.
@@ -374,7 +388,7 @@ fn lanes(run: &mut Run, host: Host<'_>, spec: &Spec) -> Result<(), Stop> {
             r
         });
         let mut stops = vec![(run.current.clone(), guest)];
-        for lane in [modbuild, selftest, from_image] {
+        for lane in [modbuild, selftest, from_image, device] {
             let (lane, r) = lane.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             stops.push((lane.current.clone(), r));
             run.merge(lane);
@@ -388,7 +402,7 @@ fn lanes(run: &mut Run, host: Host<'_>, spec: &Spec) -> Result<(), Stop> {
 /// that comes first in the README's order of the phases: the verdict the
 /// cell would have had with the lanes run one after the other.
 fn first_stop(stops: Vec<(Option<String>, Result<(), Stop>)>) -> Option<(Option<String>, Stop)> {
-    const FLOW: &[&str] = &["from-image", "boot", "pull", "extract", "bpf", "kselftest", "modbuild", "load"];
+    const FLOW: &[&str] = &["from-image", "boot", "pull", "extract", "bpf", "kselftest", "modbuild", "load", "device"];
     let rank = |phase: &Option<String>| phase.as_deref().and_then(|p| FLOW.iter().position(|f| *f == p)).unwrap_or(FLOW.len());
     stops.into_iter().filter_map(|(phase, r)| r.err().map(|v| (phase, v))).min_by_key(|(phase, _)| rank(phase))
 }
@@ -453,6 +467,7 @@ struct Host<'a> {
     project: &'a Project,
     cell: &'a Cell,
     s: &'a Settings,
+    cache: &'a Cache,
     tree: &'a tree::Tree,
     build: &'a Build,
     artifacts: &'a kbuild::Artifacts,
@@ -535,6 +550,55 @@ impl Host<'_> {
                 };
                 run.check(&format!("khtest extract {name} gives the build's archive"), v)?;
             }
+            Ok(())
+        })
+    }
+
+    /// The device phase: a second guest, with the device's userland, runs
+    /// the kselftest and its port against its own archive (device.rs).
+    fn device_lane(&self, run: &mut Run) -> Result<(), Stop> {
+        let (cell, s) = (self.cell, self.s);
+        run.phase("device", |run| {
+            let (progress, name) = (run.progress, run.name.clone());
+            let userland = userland::prepare(self.cache, cell.arch, &|m| progress(&prefixed(&name, m))).map_err(error)?;
+            let port = device::port_binary(self.project, cell.arch, &run.dir.join("device-port-build.log")).map_err(error)?;
+            let initrd = run.dir.join("device-initramfs.cpio");
+            let programs = [self.project.images_dir().join("khtest-device"), port];
+            image::make(&self.project.images_dir(), cell.arch, self.artifacts.kheaders_ko.as_slice(), &programs, &initrd).map_err(error)?;
+            let spec = Spec {
+                arch: cell.arch,
+                kernel: self.artifacts.kernel_image.clone(),
+                initrd,
+                dir: run.dir.join("device"),
+                memory_mib: device::MEMORY_MIB,
+                timeouts: s.timeouts,
+                shares: device::shares(&userland, &self.tree.path),
+                cpus: 1,
+            };
+            let mut guest = boot_retrying_once(&spec, &mut run.retries)?;
+            let out = guest.run("device", "khtest-device readonly", s.timeouts.command).map_err(vm_stop)?;
+            run.check("the device guest cannot write to the host (read-only 9p export)", device::readonly_verdict(out.status, &out.text))?;
+            guest.run_ok("device", &device::mount_command(&self.tree.path)).map_err(vm_stop)?;
+            let (expect, limit) = (device::Expect::of(cell), s.timeouts.command * 11);
+            let tests = [
+                ("kselftest kheaders (make run_tests)", device::kselftest_command(&self.tree.path), "device-kselftest.log", "# "),
+                ("kselftest port (kheaders-selftest)", device::port_command(archive_paths(cell).last().expect("one path")), "device-port.log", ""),
+            ];
+            for (what, cmd, log, prefix) in tests {
+                let out = guest.run("device", &cmd, limit).map_err(vm_stop)?;
+                let log = run.dir.join(log);
+                device::save(&log, &out.text).map_err(error)?;
+                let v = match device::judge(what, &out.text, prefix, expect) {
+                    Verdict::Fail(r) => Verdict::Fail(format!("{r}\n  log: {}", log.display())),
+                    v => v,
+                };
+                run.check(&format!("device: {what}"), v)?;
+                if self.artifacts.kheaders_ko.is_some() {
+                    let after = served(&mut guest, &archive_paths(cell), s.timeouts.command)?;
+                    run.check(&format!("device: no archive after the {what} unloads kheaders.ko"), checks::served_sizes(&after, &[], 0))?;
+                }
+            }
+            guest.shutdown();
             Ok(())
         })
     }

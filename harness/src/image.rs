@@ -61,10 +61,12 @@ fn cpio(entries: &[Entry]) -> Vec<u8> {
 /// Where [`make`] puts extra files in the guest.
 pub const MODULES_DIR: &str = "/lib/modules";
 
-/// The initramfs bytes for `init` (the script), `busybox`, and `modules`
-/// (name, bytes) under [`MODULES_DIR`].
-pub fn initramfs(init: &[u8], busybox: &[u8], modules: &[(String, Vec<u8>)]) -> Vec<u8> {
+/// The initramfs bytes for `init` (the script), `busybox`, `modules`
+/// (name, bytes) under [`MODULES_DIR`] and `programs` (name, bytes) in
+/// `/bin`.
+pub fn initramfs(init: &[u8], busybox: &[u8], modules: &[(String, Vec<u8>)], programs: &[(String, Vec<u8>)]) -> Vec<u8> {
     let names: Vec<String> = modules.iter().map(|(n, _)| format!("{}/{n}", &MODULES_DIR[1..])).collect();
+    let program_names: Vec<String> = programs.iter().map(|(n, _)| format!("bin/{n}")).collect();
     let mut entries = vec![
         Entry::Dir("bin"),
         Entry::Dir("dev"),
@@ -80,23 +82,33 @@ pub fn initramfs(init: &[u8], busybox: &[u8], modules: &[(String, Vec<u8>)]) -> 
     for (name, (_, data)) in names.iter().zip(modules) {
         entries.push(Entry::File { name, mode: 0o644, data });
     }
+    for (name, (_, data)) in program_names.iter().zip(programs) {
+        entries.push(Entry::File { name, mode: 0o755, data });
+    }
     cpio(&entries)
 }
 
 /// Write the initramfs for `arch` to `dest`, with the kernel modules
-/// `modules` in [`MODULES_DIR`] (the serial line is slow host-to-guest:
-/// what is known before boot travels in the image).
-pub fn make(images_dir: &Path, arch: Arch, modules: &[PathBuf], dest: &Path) -> Result<()> {
+/// `modules` in [`MODULES_DIR`] and `programs` in `/bin` (the serial line
+/// is slow host-to-guest: what is known before boot travels in the image).
+pub fn make(images_dir: &Path, arch: Arch, modules: &[PathBuf], programs: &[PathBuf], dest: &Path) -> Result<()> {
     let init_path = images_dir.join("init");
     let init = std::fs::read(&init_path).with_context(|| format!("cannot read {}", init_path.display()))?;
     let bb_path = busybox_for(arch);
     let busybox = std::fs::read(&bb_path).with_context(|| format!("cannot read {} (run scripts/setup-host.sh)", bb_path.display()))?;
-    let mut mods = Vec::new();
-    for m in modules {
-        let name = m.file_name().context("a module path without a file name")?.to_string_lossy().into_owned();
-        mods.push((name, std::fs::read(m).with_context(|| format!("cannot read {}", m.display()))?));
-    }
-    std::fs::write(dest, initramfs(&init, &busybox, &mods)).with_context(|| format!("cannot write {}", dest.display()))
+    let (mods, progs) = (named_files(modules)?, named_files(programs)?);
+    std::fs::write(dest, initramfs(&init, &busybox, &mods, &progs)).with_context(|| format!("cannot write {}", dest.display()))
+}
+
+/// Each of `paths` as its file name and bytes.
+fn named_files(paths: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>> {
+    paths
+        .iter()
+        .map(|p| {
+            let name = p.file_name().context("a path without a file name")?.to_string_lossy().into_owned();
+            Ok((name, std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -106,7 +118,7 @@ mod tests {
 
     #[test]
     fn newc_is_read_back_by_cpio() {
-        let bytes = initramfs(b"#!/bin/sh\necho hi\n", b"\x7fELF-not-really", &[("m.ko".into(), b"ko".to_vec())]);
+        let bytes = initramfs(b"#!/bin/sh\necho hi\n", b"\x7fELF-not-really", &[("m.ko".into(), b"ko".to_vec())], &[("p".into(), b"x".to_vec())]);
         assert_eq!(bytes.len() % 4, 0);
         let mut child = Command::new("cpio")
             .args(["-t", "-v", "--quiet"])
@@ -118,10 +130,10 @@ mod tests {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success());
         let listing = String::from_utf8(out.stdout).unwrap();
-        for name in ["bin/busybox", "dev/console", "init", "tmp", "lib/modules/m.ko"] {
+        for name in ["bin/busybox", "dev/console", "init", "tmp", "lib/modules/m.ko", "bin/p"] {
             assert!(listing.lines().any(|l| l.ends_with(name)), "{name} missing from:\n{listing}");
         }
         assert!(listing.lines().any(|l| l.starts_with("crw") && l.contains("5,") && l.ends_with("dev/console")), "{listing}");
-        assert_eq!(initramfs(b"a", b"b", &[]), initramfs(b"a", b"b", &[]), "not deterministic");
+        assert_eq!(initramfs(b"a", b"b", &[], &[]), initramfs(b"a", b"b", &[], &[]), "not deterministic");
     }
 }

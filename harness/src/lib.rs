@@ -21,6 +21,7 @@ pub mod cache;
 pub mod cell;
 pub mod checks;
 pub mod console;
+pub mod device;
 pub mod extract;
 pub mod image;
 pub mod kbuild;
@@ -32,6 +33,7 @@ pub mod report;
 pub mod scratch;
 pub mod tools;
 pub mod tree;
+pub mod userland;
 pub mod vm;
 
 use std::path::{Path, PathBuf};

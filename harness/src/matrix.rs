@@ -119,6 +119,12 @@ pub struct ArchFacts {
     /// A static busybox for the guest, on this host, and its package.
     pub busybox: &'static str,
     pub busybox_package: &'static str,
+    /// Debian's name for it (a package's architecture).
+    pub debian_arch: &'static str,
+    /// The Rust target of the kselftest port's static binary for the guest.
+    pub musl_target: &'static str,
+    /// The virtio transport of the guest's 9p shares.
+    pub virtio_9p: &'static str,
 }
 
 const X86_64: ArchFacts = ArchFacts {
@@ -135,6 +141,9 @@ const X86_64: ArchFacts = ArchFacts {
     virtio_serial: "virtio-serial-pci",
     busybox: "/bin/busybox",
     busybox_package: "busybox-static",
+    debian_arch: "amd64",
+    musl_target: "x86_64-unknown-linux-musl",
+    virtio_9p: "virtio-9p-pci",
 };
 
 const ARM64: ArchFacts = ArchFacts {
@@ -153,6 +162,9 @@ const ARM64: ArchFacts = ArchFacts {
     // (installing it would replace the host's /bin/busybox).
     busybox: "/usr/local/lib/khtest/arm64/busybox",
     busybox_package: "busybox-static:arm64, unpacked by scripts/setup-host.sh",
+    debian_arch: "arm64",
+    musl_target: "aarch64-unknown-linux-musl",
+    virtio_9p: "virtio-9p-device",
 };
 
 impl Arch {

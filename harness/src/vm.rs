@@ -93,6 +93,19 @@ pub struct Spec {
     pub dir: PathBuf,
     pub memory_mib: u32,
     pub timeouts: Timeouts,
+    /// Host directories the guest mounts over virtio-9p, always read-only.
+    pub shares: Vec<Share>,
+    /// Virtual CPUs.
+    pub cpus: u32,
+}
+
+/// A host directory exported to the guest read-only (QEMU's `readonly=on`:
+/// the guest cannot write to the host whatever it mounts), found there by
+/// its 9p mount tag.
+#[derive(Debug, Clone)]
+pub struct Share {
+    pub tag: &'static str,
+    pub path: PathBuf,
 }
 
 impl Spec {
@@ -124,7 +137,13 @@ impl Spec {
             .args(["-append", &format!("console={console} loglevel=4 panic=-1 oops=panic khtest.xfer={xfer}")])
             .args(["-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con"])
             .args(["-chardev", &format!("socket,id=xfer,path={},server=on,wait=off", sock.display())])
-            .args(xfer_dev);
+            .args(xfer_dev)
+            .args(["-smp", &self.cpus.to_string()]);
+        for (i, share) in self.shares.iter().enumerate() {
+            let mut fsdev = std::ffi::OsString::from(format!("local,id=fs{i},security_model=none,readonly=on,multidevs=remap,path="));
+            fsdev.push(&share.path);
+            cmd.arg("-fsdev").arg(fsdev).args(["-device", &format!("{},fsdev=fs{i},mount_tag={}", f.virtio_9p, share.tag)]);
+        }
         cmd
     }
 }

@@ -95,9 +95,18 @@ fn guest_test(project: &Project, matrix: &Matrix, what: Misbehaviour) -> Result<
     std::fs::create_dir_all(&images).map_err(|e| e.to_string())?;
     std::fs::write(images.join("init"), init).map_err(|e| e.to_string())?;
     let initrd = dir.join("initramfs.cpio");
-    khtest::image::make(&images, cell.arch, &[], &initrd).map_err(|e| format!("{e:#}"))?;
+    khtest::image::make(&images, cell.arch, &[], &[], &initrd).map_err(|e| format!("{e:#}"))?;
     let timeouts = Timeouts { boot: Duration::from_secs(20), command: Duration::from_secs(5), ..Timeouts::default() };
-    let spec = Spec { arch: cell.arch, kernel: built.kernel_image, initrd: initrd.clone(), dir: dir.clone(), memory_mib: 256, timeouts };
+    let spec = Spec {
+        arch: cell.arch,
+        kernel: built.kernel_image,
+        initrd: initrd.clone(),
+        dir: dir.clone(),
+        memory_mib: 256,
+        timeouts,
+        shares: Vec::new(),
+        cpus: 1,
+    };
     let start = Instant::now();
     if let Misbehaviour::HangAtBoot = what {
         // Through the cell's retry policy: one retry, recorded, then ERROR.

@@ -86,7 +86,7 @@ pub fn extract_over(xz: impl Read + Send, dest: &Path) -> Result<Extracted, Arch
 fn decoded<T>(xz: impl Read + Send, f: impl FnOnce(Chunks) -> T) -> T {
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
-        scope.spawn(move || decode(liblzma::read::XzDecoder::new(xz), &tx));
+        scope.spawn(move || decode(lzma_rust2::XzReader::new(xz, true), &tx));
         // `rx` goes with the unpacker: if it stops early, the decoder's
         // next send fails and its thread ends.
         f(Chunks { rx, chunk: Vec::new(), pos: 0 })

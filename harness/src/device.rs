@@ -1,0 +1,295 @@
+//! Stage 5, the device: what a device with no host does with its own
+//! archive. A second guest boots with the device's userland ([`userland`])
+//! and the kernel tree shared read-only over virtio-9p, and runs inside
+//! it, against the running kernel's archive:
+//!
+//! - the kselftest, `make -C tools/testing/selftests TARGETS=kheaders
+//!   run_tests` (no `KHEADERS_ARCHIVE`), to `device-kselftest.log`;
+//! - the Rust port, a static (musl) binary carried in the initramfs, to
+//!   `device-port.log`.
+//!
+//! Both unpack the archive, build the test module with the guest's own
+//! compiler and the archive's own host programs, and load it. Each is
+//! judged by its four TAP results ([`judge`]).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::buildlog;
+use crate::matrix::{Arch, Cell, ModuleLoad};
+use crate::process::run_logged;
+use crate::report::Verdict;
+use crate::vm::Share;
+use crate::Project;
+
+/// The 9p mount tags `images/khtest-device` mounts.
+pub const ROOT_TAG: &str = "khroot";
+pub const TREE_TAG: &str = "khtree";
+
+/// The guest's memory: the tmpfs takes the unpacked archive twice and the
+/// module builds.
+pub const MEMORY_MIB: u32 = 2048;
+
+/// The shares of the device guest: the userland as its root, the tree.
+pub fn shares(userland: &Path, tree: &Path) -> Vec<Share> {
+    vec![Share { tag: ROOT_TAG, path: userland.to_owned() }, Share { tag: TREE_TAG, path: tree.to_owned() }]
+}
+
+/// The longest the port's static build may take (cold, with its crates).
+const PORT_BUILD_LIMIT: Duration = Duration::from_secs(900);
+
+/// Build the kselftest port static for `arch`'s musl target (cargo keeps
+/// it up to date); the binary. The aarch64 linker is set in
+/// `.cargo/config.toml`.
+pub fn port_binary(project: &Project, arch: Arch, log: &Path) -> Result<PathBuf> {
+    let target = arch.facts().musl_target;
+    let target_dir = project.root.join("target/device");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&project.root)
+        .args(["build", "--release", "--locked", "-p", "kheaders-selftest", "--target", target])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // Not the harness's own build's flags (a coverage or nextest run).
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR");
+    let status = run_logged(&mut cmd, log, PORT_BUILD_LIMIT)?;
+    if !status.success() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains("target may not be installed") {
+            bail!("the Rust target {target} is not installed: run `rustup target add {target}` (scripts/setup-host.sh does)");
+        }
+        bail!("cannot build the kselftest port for {target} (log: {}):\n{}", log.display(), crate::process::tail(log, 10));
+    }
+    let bin = target_dir.join(target).join("release/kheaders-selftest");
+    anyhow::ensure!(bin.is_file(), "cargo built no {}", bin.display());
+    Ok(bin)
+}
+
+/// The guest command that makes `/device` with the kernel tree at `tree`.
+pub fn mount_command(tree: &Path) -> String {
+    format!("khtest-device mount {}", shell_quote(&tree.to_string_lossy()))
+}
+
+/// The guest command that runs the kselftest in the device's root.
+pub fn kselftest_command(tree: &Path) -> String {
+    let make = format!("make -C {}/tools/testing/selftests O=/tmp/kselftest TARGETS=kheaders run_tests", tree.to_string_lossy());
+    format!("khtest-device run {}", shell_quote(&make))
+}
+
+/// The guest command that runs the port against the running kernel's
+/// archive at `archive`.
+pub fn port_command(archive: &str) -> String {
+    format!("khtest-device run {}", shell_quote(&format!("/tmp/kheaders-selftest {archive}")))
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The verdict on `khtest-device readonly`'s exit status and output.
+pub fn readonly_verdict(status: i32, text: &str) -> Verdict {
+    match text.lines().find_map(|l| l.trim().strip_prefix("KHTEST-READONLY:")) {
+        Some(why) if status == 0 => {
+            tracing::debug!("the export refused a write: {why}");
+            Verdict::Pass
+        }
+        _ => Verdict::Error(format!("the device guest could write to the host's export (or the probe failed), exit {status}:\n{}", text.trim())),
+    }
+}
+
+/// What the cell's archive must let the device do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Build the module and load it.
+    Loads,
+    /// Build the module and see it refused for having no symbol versions.
+    Refused,
+    /// Unpack only: a headers-only archive cannot build a module.
+    HeadersOnly,
+}
+
+impl Expect {
+    pub fn of(cell: &Cell) -> Expect {
+        match (cell.modbuild, cell.module_load) {
+            (false, _) => Expect::HeadersOnly,
+            (true, ModuleLoad::Loads) => Expect::Loads,
+            (true, ModuleLoad::RefusedNoVersions) => Expect::Refused,
+        }
+    }
+
+    /// Result 4's name, as both tests print it.
+    fn load_name(self) -> &'static str {
+        match self {
+            Expect::Refused => "module is refused: it has no symbol versions (CONFIG_MODVERSIONS)",
+            _ => "module loads",
+        }
+    }
+}
+
+/// One TAP result line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapResult {
+    pub number: usize,
+    pub ok: bool,
+    pub name: String,
+    /// `# SKIP` and its reason.
+    pub skip: Option<String>,
+    /// The diagnostic lines (`# ...`) printed before it.
+    pub diag: Vec<String>,
+}
+
+/// The plan (`1..N`, with a whole-test skip's reason) and the results of
+/// the TAP in `text` whose lines start with `prefix` (`"# "` for a test's
+/// output nested in the kselftest runner's, `""` for the port's).
+pub fn parse_tap(text: &str, prefix: &str) -> (Option<(usize, Option<String>)>, Vec<TapResult>) {
+    let (mut plan, mut results, mut diag) = (None, Vec::new(), Vec::new());
+    for line in text.lines() {
+        let Some(l) = line.trim_end().strip_prefix(prefix) else { continue };
+        if let Some(d) = l.strip_prefix("# ").or_else(|| (l == "#").then_some("")) {
+            diag.push(d.to_owned());
+        } else if let Some(p) = l.strip_prefix("1..") {
+            let (n, why) = p.split_once(" # SKIP").map_or((p, None), |(n, w)| (n, Some(w.trim().to_owned())));
+            plan = n.trim().parse().ok().map(|n| (n, why));
+        } else if let Some(r) = parse_result(l) {
+            results.push(TapResult { diag: std::mem::take(&mut diag), ..r });
+        }
+    }
+    (plan, results)
+}
+
+fn parse_result(l: &str) -> Option<TapResult> {
+    let (ok, rest) = match l.strip_prefix("not ok ") {
+        Some(r) => (false, r),
+        None => (true, l.strip_prefix("ok ")?),
+    };
+    let (num, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+    let (name, skip) = match rest.split_once(" # SKIP") {
+        Some((n, why)) => (n, Some(why.trim().to_owned())),
+        None => (rest, None),
+    };
+    Some(TapResult { number: num.parse().ok()?, ok, name: name.trim().to_owned(), skip, diag: Vec::new() })
+}
+
+/// The verdict on one test's TAP (`what` names it): four results, as
+/// `expect` says. A test that skipped itself whole lacks something in the
+/// userland: ERROR, with its reason.
+pub fn judge(what: &str, text: &str, prefix: &str, expect: Expect) -> Verdict {
+    let (plan, results) = parse_tap(text, prefix);
+    match plan {
+        Some((0, why)) => return Verdict::Error(format!("{what} skipped itself on the device: {}", why.unwrap_or_default())),
+        Some((4, _)) => {}
+        Some((n, _)) => return Verdict::Fail(format!("{what}: a plan of {n} results, not 4")),
+        None => return Verdict::Fail(format!("{what} printed no TAP plan; its output ends:\n    {}", last_lines(text, 8))),
+    }
+    let mut problems = Vec::new();
+    for n in 1..=4 {
+        let Some(r) = results.iter().find(|r| r.number == n) else {
+            problems.push(format!("no result {n}"));
+            continue;
+        };
+        let headers_only = expect == Expect::HeadersOnly && n >= 3;
+        if !r.ok {
+            problems.push(format!("not ok {n} {}{}", r.name, why(&r.diag)));
+        } else if headers_only && r.skip.as_deref().is_none_or(str::is_empty) {
+            problems.push(format!("result {n} ({}) must be skipped with a reason: the archive has headers only", r.name));
+        } else if let (Some(skip), false) = (&r.skip, headers_only) {
+            problems.push(format!("result {n} ({}) was skipped: {skip}", r.name));
+        } else if n == 4 && !headers_only && r.name != expect.load_name() {
+            problems.push(format!("result 4 is '{}', not '{}'", r.name, expect.load_name()));
+        }
+    }
+    if problems.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!("{what}: {}", problems.join("\n  ")))
+    }
+}
+
+/// What a failed result's diagnostics say went wrong: a build log's
+/// first errors, else its last lines.
+fn why(diag: &[String]) -> String {
+    let f = buildlog::first_failure(&diag.join("\n"));
+    let lines = if f.lines.is_empty() { diag[diag.len().saturating_sub(3)..].to_vec() } else { f.lines };
+    lines.iter().map(|l| format!("\n    {l}")).collect()
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n    ")
+}
+
+/// Write a guest command's output to the cell's `log`.
+pub fn save(log: &Path, text: &str) -> Result<()> {
+    std::fs::write(log, text).with_context(|| format!("cannot write {}", log.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RUNNER_PASS: &str = "TAP version 13\n1..1\n# timeout set to 600\n# selftests: kheaders: run_kheaders_modbuild.sh\n\
+        # TAP version 13\n# 1..4\n# # archive: /sys/kernel/kheaders.tar.xz\n# ok 1 archive extracts\n# ok 2 archive has no Module.symvers\n\
+        # ok 3 module builds against the archive\n# ok 4 module loads\nok 1 selftests: kheaders: run_kheaders_modbuild.sh\n";
+
+    #[test]
+    fn four_oks_pass_and_the_runners_own_line_is_not_a_result() {
+        assert_eq!(judge("kselftest", RUNNER_PASS, "# ", Expect::Loads), Verdict::Pass);
+        let (_, results) = parse_tap(RUNNER_PASS, "# ");
+        assert_eq!(results.len(), 4);
+        assert_eq!(results[0].diag, ["archive: /sys/kernel/kheaders.tar.xz"]);
+    }
+
+    #[test]
+    fn an_exec_format_error_in_the_build_is_a_fail_quoting_it() {
+        let text = RUNNER_PASS.replace(
+            "# ok 3 module builds against the archive",
+            "# # /bin/sh: 1: scripts/basic/fixdep: Exec format error\n# # make[2]: *** [scripts/Makefile.build:229: /tmp/t/test.o] Error 126\n# not ok 3 module builds against the archive",
+        );
+        let v = judge("kselftest", &text, "# ", Expect::Loads);
+        assert!(matches!(&v, Verdict::Fail(m) if m.contains("not ok 3") && m.contains("Exec format error")), "{v:?}");
+    }
+
+    #[test]
+    fn a_skip_is_never_a_pass_unless_the_archive_has_headers_only() {
+        let skipped = "KTAP version 1\n1..4\nok 1 archive extracts\nok 2 archive has no Module.symvers\n\
+            ok 3 module builds against the archive # SKIP headers-only archive (no Makefile)\nok 4 module loads # SKIP headers-only archive (no Makefile)\n";
+        assert_eq!(judge("port", skipped, "", Expect::HeadersOnly), Verdict::Pass);
+        assert!(matches!(judge("port", skipped, "", Expect::Loads), Verdict::Fail(m) if m.contains("result 3") && m.contains("was skipped")));
+        let built = skipped.replace(" # SKIP headers-only archive (no Makefile)", "");
+        assert!(matches!(judge("port", &built, "", Expect::HeadersOnly), Verdict::Fail(m) if m.contains("must be skipped")));
+    }
+
+    #[test]
+    fn result_four_must_be_the_cells_expectation() {
+        let port = "KTAP version 1\n1..4\nok 1 a\nok 2 b\nok 3 c\nok 4 module loads\n";
+        assert_eq!(judge("port", port, "", Expect::Loads), Verdict::Pass);
+        assert!(matches!(judge("port", port, "", Expect::Refused), Verdict::Fail(m) if m.contains("not 'module is refused")));
+        let refused = port.replace("module loads", Expect::Refused.load_name());
+        assert_eq!(judge("port", &refused, "", Expect::Refused), Verdict::Pass);
+    }
+
+    #[test]
+    fn a_whole_skip_is_an_error_naming_what_is_missing_and_no_plan_a_fail() {
+        let v = judge(
+            "kselftest",
+            "# TAP version 13\n# 1..0 # SKIP 'gcc' not found: building a module needs make, xz and a C compiler\n",
+            "# ",
+            Expect::Loads,
+        );
+        assert!(matches!(&v, Verdict::Error(m) if m.contains("'gcc' not found")), "{v:?}");
+        assert!(matches!(judge("port", "Kernel panic", "", Expect::Loads), Verdict::Fail(m) if m.contains("no TAP plan")));
+    }
+
+    #[test]
+    fn the_guest_commands_quote_their_paths() {
+        assert_eq!(port_command("/proc/kheaders.tar.xz"), "khtest-device run '/tmp/kheaders-selftest /proc/kheaders.tar.xz'");
+        assert!(kselftest_command(Path::new("/c/t")).contains("make -C /c/t/tools/testing/selftests O=/tmp/kselftest TARGETS=kheaders run_tests"));
+        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
+        assert_eq!(readonly_verdict(0, "KHTEST-READONLY: touch: Read-only file system\n"), Verdict::Pass);
+        assert!(matches!(readonly_verdict(1, "KHTEST-WRITABLE: ..."), Verdict::Error(_)));
+    }
+}
