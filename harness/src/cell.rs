@@ -573,9 +573,12 @@ impl Host<'_> {
                 memory_mib: device::MEMORY_MIB,
                 timeouts: s.timeouts,
                 shares: device::shares(&userland, &self.tree.path),
+                // Measured: -smp 2 saves nothing, kbuild's probes run one by one.
                 cpus: 1,
             };
+            let t = Instant::now();
             let mut guest = boot_retrying_once(&spec, &mut run.retries)?;
+            tracing::info!("{}: device: the guest booted in {:.1} s", cell.name, t.elapsed().as_secs_f64());
             let out = guest.run("device", "khtest-device readonly", s.timeouts.command).map_err(vm_stop)?;
             run.check("the device guest cannot write to the host (read-only 9p export)", device::readonly_verdict(out.status, &out.text))?;
             guest.run_ok("device", &device::mount_command(&self.tree.path)).map_err(vm_stop)?;
@@ -585,7 +588,9 @@ impl Host<'_> {
                 ("kselftest port (kheaders-selftest)", device::port_command(archive_paths(cell).last().expect("one path")), "device-port.log", ""),
             ];
             for (what, cmd, log, prefix) in tests {
+                let t = Instant::now();
                 let out = guest.run("device", &cmd, limit).map_err(vm_stop)?;
+                tracing::info!("{}: device: the {what} took {:.1} s in the guest", cell.name, t.elapsed().as_secs_f64());
                 let log = run.dir.join(log);
                 device::save(&log, &out.text).map_err(error)?;
                 let v = match device::judge(what, &out.text, prefix, expect) {
