@@ -23,6 +23,25 @@ arm64_busybox=/usr/local/lib/khtest/arm64/busybox
 actionlint_venv=/usr/local/lib/khtest/venv
 actionlint=$actionlint_venv/bin/actionlint
 
+# The Rust targets of the kselftest port's static binaries, which the
+# device phase runs in its guests (harness/src/device.rs).
+rust_targets="x86_64-unknown-linux-musl aarch64-unknown-linux-musl"
+
+missing_targets=""
+if command -v rustup >/dev/null 2>&1; then
+	installed=$(rustup target list --installed 2>/dev/null || true)
+	for t in $rust_targets; do
+		if ! echo "$installed" | grep -qx "$t"; then
+			missing_targets="$missing_targets $t"
+		fi
+	done
+fi
+if [ -n "$missing_targets" ]; then
+	echo "setup-host: adding the Rust targets:$missing_targets" >&2
+	# shellcheck disable=SC2086 # word splitting of the target list is wanted
+	rustup target add $missing_targets >/dev/null
+fi
+
 missing=""
 for p in $packages; do
 	if ! dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed; then

@@ -486,6 +486,7 @@ impl Host<'_> {
             tracing::info!("{}: {} files, {} bytes unpacked", cell.name, x.files, x.bytes);
             run.check("archive contents", checks::contents(&headers, cell.modbuild))?;
             run.check("archive decodes in at most 9 MiB (K17)", checks::decode_memory(self.built))?;
+            run.check("every ELF program in the archive is for the cell's architecture", checks::elf_arch(&headers, cell.arch))?;
             run.check("SPDX lines kept", checks::spdx_kept(&headers, &[&self.build.obj, &self.tree.path]))
         })?;
         // The eBPF compile needs only the headers: it runs beside the

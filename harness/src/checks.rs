@@ -197,6 +197,39 @@ fn tail_lines(path: &Path, n: usize) -> Vec<String> {
     v[v.len().saturating_sub(n)..].to_vec()
 }
 
+/// The ELF machine of a file that starts with an ELF header, if it does.
+pub fn elf_machine(path: &Path) -> Option<u16> {
+    use std::io::Read;
+    let mut head = [0u8; 20];
+    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+    // e_machine, in the byte order of EI_DATA (1: little endian).
+    let m = [head[18], head[19]];
+    (head[..4] == *b"\x7fELF").then(|| if head[5] == 1 { u16::from_le_bytes(m) } else { u16::from_be_bytes(m) })
+}
+
+/// Every ELF file of the unpacked archive at `root` is for `arch`: the
+/// device runs the archive's host programs (fixdep, modpost) itself. A
+/// headers-only archive has none, which is fine.
+pub fn elf_arch(root: &Path, arch: Arch) -> Verdict {
+    let want = arch.facts().elf_machine;
+    let mut wrong = Vec::new();
+    for entry in walkdir::WalkDir::new(root).into_iter().filter_map(Result::ok).filter(|e| e.file_type().is_file()) {
+        match elf_machine(entry.path()) {
+            Some(m) if m != want => wrong.push(format!("{} (ELF machine {m})", entry.path().strip_prefix(root).unwrap_or(entry.path()).display())),
+            _ => {}
+        }
+    }
+    if wrong.is_empty() {
+        return Verdict::Pass;
+    }
+    Verdict::Fail(format!(
+        "{} ELF programs in the archive are not for {} (ELF machine {want}), so a device cannot run them: {}",
+        wrong.len(),
+        arch.kernel_arch(),
+        wrong.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+    ))
+}
+
 /// Comments are stripped from archived headers, but SPDX lines must stay:
 /// every archived `.h` whose source (in `trees`, first match wins) has an
 /// `SPDX-License-Identifier` line must have the same line. Vacuous (no
@@ -331,6 +364,23 @@ pub fn refused_without_versions(insmod_status: i32, output: &str) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_elf_program_of_another_machine_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let elf = |machine: u16| {
+            let mut h = b"\x7fELF\x02\x01\x01".to_vec();
+            h.resize(18, 0);
+            h.extend_from_slice(&machine.to_le_bytes());
+            h
+        };
+        std::fs::create_dir_all(d.path().join("scripts/basic")).unwrap();
+        std::fs::write(d.path().join("scripts/basic/fixdep"), elf(183)).unwrap();
+        std::fs::write(d.path().join("Makefile"), "all:\n").unwrap();
+        assert_eq!(elf_arch(d.path(), Arch::Arm64), Verdict::Pass);
+        let v = elf_arch(d.path(), Arch::X86_64);
+        assert!(matches!(&v, Verdict::Fail(m) if m.contains("scripts/basic/fixdep (ELF machine 183)") && m.contains("not for x86_64")), "{v:?}");
+    }
 
     #[test]
     fn modversions_refusal_must_be_the_documented_one() {

@@ -125,6 +125,8 @@ pub struct ArchFacts {
     pub musl_target: &'static str,
     /// The virtio transport of the guest's 9p shares.
     pub virtio_9p: &'static str,
+    /// Its ELF `e_machine` (EM_X86_64, EM_AARCH64).
+    pub elf_machine: u16,
 }
 
 const X86_64: ArchFacts = ArchFacts {
@@ -144,6 +146,7 @@ const X86_64: ArchFacts = ArchFacts {
     debian_arch: "amd64",
     musl_target: "x86_64-unknown-linux-musl",
     virtio_9p: "virtio-9p-pci",
+    elf_machine: 62,
 };
 
 const ARM64: ArchFacts = ArchFacts {
@@ -165,6 +168,7 @@ const ARM64: ArchFacts = ArchFacts {
     debian_arch: "arm64",
     musl_target: "aarch64-unknown-linux-musl",
     virtio_9p: "virtio-9p-device",
+    elf_machine: 183,
 };
 
 impl Arch {
