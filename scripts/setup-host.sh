@@ -8,7 +8,7 @@ packages="
 	make gcc libc6-dev flex bison bc perl cpio xz-utils tar patch kmod rsync ccache
 	libelf-dev libssl-dev
 	qemu-system-x86 busybox-static
-	gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-system-arm
+	gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm
 	clang llvm
 	python3-venv
 "

@@ -94,6 +94,14 @@ impl<'a> Run<'a> {
         r
     }
 
+    /// Record the part `name` of the current phase, begun at `t`, beside
+    /// the phases (`results.json`), and log it.
+    fn part(&mut self, name: &str, t: Instant) {
+        let (start, seconds) = (t.duration_since(self.t0).as_secs_f64(), t.elapsed().as_secs_f64());
+        tracing::info!("{}: {name} took {seconds:.1} s", self.name);
+        self.phases.push(Phase { name: name.to_owned(), start, seconds });
+    }
+
     /// An empty run on the same clock, for phases run on another thread.
     fn lane(&self) -> Run<'a> {
         Run {
@@ -503,7 +511,11 @@ impl Host<'_> {
                 });
                 (lane, r)
             });
-            let built = if cell.modbuild {
+            let built = if let Some(why) = host_cannot_build(cell) {
+                drop(ko_tx);
+                run.checks.push(Check { name: "module build on the host".into(), verdict: Verdict::Skip(why) });
+                Ok(())
+            } else {
                 run.phase("modbuild", |run| {
                     checks::build_testmod(
                         headers,
@@ -516,10 +528,6 @@ impl Host<'_> {
                 })
                 // The guest lane may have stopped already: then nobody waits.
                 .map(|ko| drop(ko_tx.send(ko)))
-            } else {
-                drop(ko_tx);
-                run.checks.push(Check { name: "module build".into(), verdict: Verdict::Skip("the archive has headers only".into()) });
-                Ok(())
             };
             let (lane, r) = bpf.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             let stops = vec![(run.current.clone(), built), (lane.current.clone(), r)];
@@ -562,7 +570,9 @@ impl Host<'_> {
         run.phase("device", |run| {
             let (progress, name) = (run.progress, run.name.clone());
             let userland = userland::prepare(self.cache, cell.arch, &|m| progress(&prefixed(&name, m))).map_err(error)?;
-            let port = device::port_binary(self.project, cell.arch, &run.dir.join("device-port-build.log")).map_err(error)?;
+            // In the cache: copies of the repository (put-faults-back.sh) share it.
+            let port_target = self.cache.root().join("device-port");
+            let port = device::port_binary(self.project, cell.arch, &port_target, &run.dir.join("device-port-build.log")).map_err(error)?;
             let initrd = run.dir.join("device-initramfs.cpio");
             let programs = [self.project.images_dir().join("khtest-device"), port];
             image::make(&self.project.images_dir(), cell.arch, self.artifacts.kheaders_ko.as_slice(), &programs, &initrd).map_err(error)?;
@@ -579,20 +589,20 @@ impl Host<'_> {
             };
             let t = Instant::now();
             let mut guest = boot_retrying_once(&spec, &mut run.retries)?;
-            tracing::info!("{}: device: the guest booted in {:.1} s", cell.name, t.elapsed().as_secs_f64());
+            run.part("device-boot", t);
             let out = guest.run("device", "khtest-device readonly", s.timeouts.command).map_err(vm_stop)?;
             run.check("the device guest cannot write to the host (read-only 9p export)", device::readonly_verdict(out.status, &out.text))?;
             guest.run_ok("device", &device::mount_command(&self.tree.path)).map_err(vm_stop)?;
             let (expect, limit) = (device::Expect::of(cell), s.timeouts.command * 11);
             let tests = [
-                ("kselftest kheaders (make run_tests)", device::kselftest_command(&self.tree.path), "device-kselftest.log", "# "),
-                ("kselftest port (kheaders-selftest)", device::port_command(archive_paths(cell).last().expect("one path")), "device-port.log", ""),
+                ("kselftest kheaders (make run_tests)", device::kselftest_command(&self.tree.path), "device-kselftest", "# "),
+                ("kselftest port (kheaders-selftest)", device::port_command(archive_paths(cell).last().expect("one path")), "device-port", ""),
             ];
-            for (what, cmd, log, prefix) in tests {
+            for (what, cmd, part, prefix) in tests {
                 let t = Instant::now();
                 let out = guest.run("device", &cmd, limit).map_err(vm_stop)?;
-                tracing::info!("{}: device: the {what} took {:.1} s in the guest", cell.name, t.elapsed().as_secs_f64());
-                let log = run.dir.join(log);
+                run.part(part, t);
+                let log = run.dir.join(format!("{part}.log"));
                 device::save(&log, &out.text).map_err(error)?;
                 let v = match device::judge(what, &out.text, prefix, expect) {
                     Verdict::Fail(r) => Verdict::Fail(format!("{r}\n  log: {}", log.display())),
@@ -612,6 +622,12 @@ impl Host<'_> {
     /// The kselftest as `make run_tests` runs it.
     fn selftest_lane(&self, run: &mut Run) -> Result<(), Stop> {
         let (cell, s) = (self.cell, self.s);
+        // A headers-only archive's kselftest skips its module results
+        // itself; one for another architecture cannot run here at all.
+        if let Some(why) = host_cannot_build(cell).filter(|_| cell.modbuild) {
+            run.checks.push(Check { name: "kselftest kheaders on the host (make run_tests)".into(), verdict: Verdict::Skip(why) });
+            return Ok(());
+        }
         run.phase("kselftest", |run| {
             let log = run.dir.join("kselftest.log");
             let obj = run.dir.join("kselftest");
@@ -636,6 +652,21 @@ impl Host<'_> {
             run.check("kselftest kheaders (make run_tests)", v)
         })
     }
+}
+
+/// Why the host cannot build a module against `cell`'s archive, if it
+/// cannot: the archive has headers only, or its host programs (fixdep,
+/// modpost) are for another architecture. The device phase builds there.
+fn host_cannot_build(cell: &Cell) -> Option<String> {
+    if !cell.modbuild {
+        return Some("the archive has headers only".into());
+    }
+    (!cell.arch.is_host()).then(|| {
+        format!(
+            "the archive's host programs are for {}, where the device runs them: the module is built on the device (phase device)",
+            cell.arch.kernel_arch()
+        )
+    })
 }
 
 /// A cell's kernel, up to date in the cache, and the files read from it.

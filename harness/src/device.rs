@@ -41,18 +41,17 @@ pub fn shares(userland: &Path, tree: &Path) -> Vec<Share> {
 /// The longest the port's static build may take (cold, with its crates).
 const PORT_BUILD_LIMIT: Duration = Duration::from_secs(900);
 
-/// Build the kselftest port static for `arch`'s musl target (cargo keeps
-/// it up to date); the binary. The aarch64 linker is set in
-/// `.cargo/config.toml`.
-pub fn port_binary(project: &Project, arch: Arch, log: &Path) -> Result<PathBuf> {
+/// Build the kselftest port static for `arch`'s musl target into
+/// `target_dir` (cargo keeps it up to date); the binary. The aarch64 linker
+/// is set in `.cargo/config.toml`.
+pub fn port_binary(project: &Project, arch: Arch, target_dir: &Path, log: &Path) -> Result<PathBuf> {
     let target = arch.facts().musl_target;
-    let target_dir = project.root.join("target/device");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&project.root)
         .args(["build", "--release", "--locked", "-p", "kheaders-selftest", "--target", target])
         .arg("--target-dir")
-        .arg(&target_dir)
+        .arg(target_dir)
         // Not the harness's own build's flags (a coverage or nextest run).
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_TARGET_DIR");

@@ -104,8 +104,8 @@ pub struct ArchFacts {
     pub rust_arch: &'static str,
     /// The GNU triple: `CROSS_COMPILE=` is it and a dash, clang's `--target`.
     pub triple: &'static str,
-    /// Debian's cross compiler and binutils for it.
-    pub cross_packages: [&'static str; 2],
+    /// Debian's cross compiler, binutils and C library for it.
+    pub cross_packages: [&'static str; 3],
     /// The boot image, in the object tree.
     pub kernel_image: &'static str,
     pub qemu: &'static str,
@@ -134,7 +134,7 @@ const X86_64: ArchFacts = ArchFacts {
     srcarch: "x86",
     rust_arch: "x86_64",
     triple: "x86_64-linux-gnu",
-    cross_packages: ["gcc-x86-64-linux-gnu", "binutils-x86-64-linux-gnu"],
+    cross_packages: ["gcc-x86-64-linux-gnu", "binutils-x86-64-linux-gnu", "libc6-dev-amd64-cross"],
     kernel_image: "arch/x86/boot/bzImage",
     qemu: "qemu-system-x86_64",
     qemu_package: "qemu-system-x86",
@@ -154,7 +154,7 @@ const ARM64: ArchFacts = ArchFacts {
     srcarch: "arm64",
     rust_arch: "aarch64",
     triple: "aarch64-linux-gnu",
-    cross_packages: ["gcc-aarch64-linux-gnu", "binutils-aarch64-linux-gnu"],
+    cross_packages: ["gcc-aarch64-linux-gnu", "binutils-aarch64-linux-gnu", "libc6-dev-arm64-cross"],
     kernel_image: "arch/arm64/boot/Image",
     qemu: "qemu-system-aarch64",
     qemu_package: "qemu-system-arm",

@@ -156,7 +156,7 @@ pub fn exit_code(reports: &[CellReport]) -> u8 {
 }
 
 /// The phases shown as columns, in flow order.
-pub const TABLE_PHASES: &[&str] = &["build", "boot", "pull", "extract", "modbuild", "load"];
+pub const TABLE_PHASES: &[&str] = &["build", "boot", "pull", "extract", "modbuild", "load", "device"];
 
 /// The summary table of a run.
 pub fn table(reports: &[CellReport]) -> String {

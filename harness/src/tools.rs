@@ -47,7 +47,13 @@ pub fn required(cell: &Cell) -> Vec<Tool> {
     if !cross.is_empty() {
         t.push(tool(format!("{cross}gcc"), facts.cross_packages[0]));
         t.push(tool(format!("{cross}ld"), facts.cross_packages[1]));
+        // The series rebuilds the archive's host programs for the target.
+        t.push(tool(format!("/usr/{}/include/stdio.h", facts.triple), facts.cross_packages[2]));
     }
+    // The device phase: apt resolves a foreign userland, the port's static
+    // binary is built with cargo.
+    t.push(tool("dpkg-deb", "dpkg"));
+    t.push(tool("apt-get", "apt"));
     t.push(tool(facts.qemu, facts.qemu_package));
     t.push(tool(facts.busybox, facts.busybox_package));
     t
