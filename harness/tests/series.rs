@@ -1,5 +1,5 @@
 //! The kernel series itself: it applies to Debian's 6.12 and is
-//! `checkpatch.pl --strict` clean.
+//! `checkpatch.pl --strict` clean, and every file it adds has a maintainer.
 
 use std::process::Command;
 
@@ -20,9 +20,11 @@ fn series_is_checkpatch_strict_clean() {
     // tree it belongs to).
     let tree = prepared(&project, false);
     let patches = tree::series(&project).unwrap();
+    // FILE_PATH_CHANGES ("does MAINTAINERS need updating?") fires for any
+    // new file; `every_new_file_has_a_maintainer` answers it instead.
     let out = Command::new("perl")
         .arg("scripts/checkpatch.pl")
-        .args(["--strict", "--color=never"])
+        .args(["--strict", "--color=never", "--ignore", "FILE_PATH_CHANGES"])
         .args(&patches)
         .current_dir(&tree.path)
         .output()
@@ -30,6 +32,38 @@ fn series_is_checkpatch_strict_clean() {
     let text = String::from_utf8_lossy(&out.stdout);
     let clean = text.matches("total: 0 errors, 0 warnings, 0 checks").count();
     assert!(out.status.success() && clean == patches.len(), "checkpatch --strict is not clean:\n{text}");
+}
+
+/// The files the patches create.
+fn new_files(patches: &[std::path::PathBuf]) -> Vec<String> {
+    let mut files = Vec::new();
+    for p in patches {
+        let text = std::fs::read_to_string(p).unwrap();
+        let mut last = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("diff --git a/") {
+                last = rest.split(" b/").next().map(str::to_owned);
+            } else if line.starts_with("new file mode") {
+                files.extend(last.take());
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn every_new_file_has_a_maintainer() {
+    let project = Project::locate();
+    let tree = prepared(&project, true);
+    let patches = tree::series(&project).unwrap();
+    let maintainers = std::fs::read_to_string(tree.path.join("MAINTAINERS")).unwrap();
+    let patterns: Vec<&str> = maintainers.lines().filter_map(|l| l.strip_prefix("F:")).map(str::trim).collect();
+    for f in new_files(&patches) {
+        assert!(
+            patterns.iter().any(|p| *p == f || (p.ends_with('/') && f.starts_with(p))),
+            "{f} is new and no F: line of MAINTAINERS covers it: add one"
+        );
+    }
 }
 
 #[test]
