@@ -141,5 +141,8 @@ for f in $faults; do
 			sed -e "s|$repo/||g" -e 's/^/    /'
 		echo
 	fi
+	# The fault's kernel tree, with its object trees, serves no later run:
+	# about 2 GB each, which eleven faults would pile up in the cache.
+	rm -rf "$(KHTEST_ROOT=$copy "$khtest" tree)"
 done
 exit $status
