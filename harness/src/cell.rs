@@ -116,10 +116,11 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Take in the phases and checks of a lane that has ended.
+    /// Take in the phases, checks and retries of a lane that has ended.
     fn merge(&mut self, lane: Run) {
         self.phases.extend(lane.phases);
         self.checks.extend(lane.checks);
+        self.retries.extend(lane.retries);
     }
 
     /// Of this run's result and those of lanes it waited for, the one that
@@ -143,6 +144,9 @@ impl<'a> Run<'a> {
         }
     }
 }
+
+/// The device guest's initramfs, in the cell directory.
+const DEVICE_INITRAMFS: &str = "device-initramfs.cpio";
 
 /// The cell directory's unpacked archive, kept from one run to the next.
 const HEADERS: &str = "headers";
@@ -170,6 +174,7 @@ pub fn run(project: &Project, matrix: &Matrix, cell: &Cell, settings: &Settings,
     }
     if verdict == Verdict::Pass && !settings.keep {
         let _ = std::fs::remove_file(dir.join("initramfs.cpio"));
+        let _ = std::fs::remove_file(dir.join(DEVICE_INITRAMFS));
     }
     let report = CellReport {
         cell: cell.name.clone(),
@@ -568,28 +573,7 @@ impl Host<'_> {
     fn device_lane(&self, run: &mut Run) -> Result<(), Stop> {
         let (cell, s) = (self.cell, self.s);
         run.phase("device", |run| {
-            let (progress, name) = (run.progress, run.name.clone());
-            let userland = userland::prepare(self.cache, cell.arch, &|m| progress(&prefixed(&name, m))).map_err(error)?;
-            // In the cache: copies of the repository (put-faults-back.sh) share it.
-            let port_target = self.cache.root().join("device-port");
-            let port = device::port_binary(self.project, cell.arch, &port_target, &run.dir.join("device-port-build.log")).map_err(error)?;
-            let initrd = run.dir.join("device-initramfs.cpio");
-            let programs = [self.project.images_dir().join("khtest-device"), port];
-            image::make(&self.project.images_dir(), cell.arch, self.artifacts.kheaders_ko.as_slice(), &programs, &initrd).map_err(error)?;
-            let spec = Spec {
-                arch: cell.arch,
-                kernel: self.artifacts.kernel_image.clone(),
-                initrd,
-                dir: run.dir.join("device"),
-                memory_mib: device::MEMORY_MIB,
-                timeouts: s.timeouts,
-                shares: device::shares(&userland, &self.tree.path),
-                // Measured: -smp 2 saves nothing, kbuild's probes run one by one.
-                cpus: 1,
-            };
-            let t = Instant::now();
-            let mut guest = boot_retrying_once(&spec, &mut run.retries)?;
-            run.part("device-boot", t);
+            let mut guest = self.device_guest(run)?;
             let out = guest.run("device", "khtest-device readonly", s.timeouts.command).map_err(vm_stop)?;
             run.check("the device guest cannot write to the host (read-only 9p export)", device::readonly_verdict(out.status, &out.text))?;
             guest.run_ok("device", &device::mount_command(&self.tree.path)).map_err(vm_stop)?;
@@ -606,6 +590,7 @@ impl Host<'_> {
                 device::save(&log, &out.text).map_err(error)?;
                 let v = match device::judge(what, &out.text, prefix, expect) {
                     Verdict::Fail(r) => Verdict::Fail(format!("{r}\n  log: {}", log.display())),
+                    Verdict::Error(r) => Verdict::Error(format!("{r}\n  log: {}, console: {}", log.display(), guest.console_log().display())),
                     v => v,
                 };
                 run.check(&format!("device: {what}"), v)?;
@@ -617,6 +602,35 @@ impl Host<'_> {
             guest.shutdown();
             Ok(())
         })
+    }
+
+    /// The device's userland, the port built for it, its initramfs, and
+    /// the guest booted with them.
+    fn device_guest(&self, run: &mut Run) -> Result<Guest, Stop> {
+        let cell = self.cell;
+        let (progress, name) = (run.progress, run.name.clone());
+        let userland = userland::prepare(self.cache, cell.arch, &|m| progress(&prefixed(&name, m))).map_err(error)?;
+        // In the cache: copies of the repository (put-faults-back.sh) share it.
+        let port_target = self.cache.root().join("device-port");
+        let port = device::port_binary(self.project, cell.arch, &port_target, &run.dir.join("device-port-build.log")).map_err(error)?;
+        let initrd = run.dir.join(DEVICE_INITRAMFS);
+        let programs = [self.project.images_dir().join("khtest-device"), port];
+        image::make(&self.project.images_dir(), cell.arch, self.artifacts.kheaders_ko.as_slice(), &programs, &initrd).map_err(error)?;
+        let spec = Spec {
+            arch: cell.arch,
+            kernel: self.artifacts.kernel_image.clone(),
+            initrd,
+            dir: run.dir.join("device"),
+            memory_mib: device::MEMORY_MIB,
+            timeouts: self.s.timeouts,
+            shares: device::shares(&userland, &self.tree.path),
+            // Measured: -smp 2 saves nothing, kbuild's probes run one by one.
+            cpus: 1,
+        };
+        let t = Instant::now();
+        let guest = boot_retrying_once(&spec, &mut run.retries)?;
+        run.part("device-boot", t);
+        Ok(guest)
     }
 
     /// The kselftest as `make run_tests` runs it.

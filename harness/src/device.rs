@@ -177,6 +177,10 @@ fn parse_result(l: &str) -> Option<TapResult> {
 /// `expect` says. A test that skipped itself whole lacks something in the
 /// userland: ERROR, with its reason.
 pub fn judge(what: &str, text: &str, prefix: &str, expect: Expect) -> Verdict {
+    // The kselftest runner ends a test at its settings' timeout.
+    if let Some(l) = text.lines().find(|l| l.starts_with("not ok ") && l.contains("# TIMEOUT")) {
+        return Verdict::Error(format!("{what} hung on the device and was ended: {l}"));
+    }
     let (plan, results) = parse_tap(text, prefix);
     match plan {
         Some((0, why)) => return Verdict::Error(format!("{what} skipped itself on the device: {}", why.unwrap_or_default())),
@@ -281,6 +285,8 @@ mod tests {
         );
         assert!(matches!(&v, Verdict::Error(m) if m.contains("'gcc' not found")), "{v:?}");
         assert!(matches!(judge("port", "Kernel panic", "", Expect::Loads), Verdict::Fail(m) if m.contains("no TAP plan")));
+        let hung = "# 1..4\n# ok 1 archive extracts\nnot ok 1 selftests: kheaders: run_kheaders_modbuild.sh # TIMEOUT 600 seconds\n";
+        assert!(matches!(judge("kselftest", hung, "# ", Expect::Loads), Verdict::Error(m) if m.contains("hung on the device")));
     }
 
     #[test]

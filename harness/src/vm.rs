@@ -191,6 +191,11 @@ impl Guest {
         Ok(g)
     }
 
+    /// Where the guest's console is logged.
+    pub fn console_log(&self) -> PathBuf {
+        self.spec.console_log()
+    }
+
     /// Run `cmd` in the guest shell and wait for it to finish.
     pub fn run(&mut self, phase: &str, cmd: &str, limit: Duration) -> Result<Output, VmError> {
         self.console.run(cmd, limit).map_err(|e| self.fail(phase, e))
