@@ -91,7 +91,10 @@ make_patch()
 	adjust)
 		fault_patch adjust kernel/gen_kheaders.sh 's/ --no-adjust \\$/ \\/' ;;
 	hostarch)
-		fault_patch hostarch kernel/gen_kheaders.sh 's/^\t   \[ "\${CC:-}" != "\${HOSTCC:-}" \]; then$/\t   false; then/' ;;
+		# The series without its patch 6: no rebuild, the host's strip.
+		fault_patch hostarch kernel/gen_kheaders.sh \
+			's/^\t   \[ "\${CC:-}" != "\${HOSTCC:-}" \]; then$/\t   false; then/' \
+			's/"\${STRIP:-strip}"/strip/g' ;;
 	cc)
 		fault_patch cc kernel/kheaders.c '/^static int __init ikheaders_init(void)$/,/^}$/s/^\tint ret;$/\tint ret/' ;;
 	ld)
