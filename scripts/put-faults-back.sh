@@ -30,7 +30,8 @@
 #
 # Each run builds a kernel, mostly from ccache once the series' own cells
 # have been built (about a minute; the errors and adjust runs also drive
-# the regen phase, about 3 min each; 12 min for all eleven). Results:
+# the regen phase, about 5 min each; with the device phase, 26 min for all
+# twelve). Results:
 # target/khtest-faults/.
 # The sed expressions below quote make and shell text literally:
 # shellcheck disable=SC2016
