@@ -323,8 +323,7 @@ fn failed_subtests(text: &str) -> String {
 }
 
 /// The test module's messages, as `selftests/kheaders/testmod/test.c` prints them.
-pub const HELLO: &str = "Hello, world";
-pub const GOODBYE: &str = "Goodbye, world";
+pub use kheaders_selftest::load::{GOODBYE, HELLO};
 
 /// `dmesg` output after a step must contain `line`.
 pub fn kernel_log_has(step: &str, dmesg: &str, line: &str) -> Verdict {
@@ -344,7 +343,10 @@ pub fn refused_without_versions(insmod_status: i32, output: &str) -> Verdict {
     let problems: Vec<&str> = [
         (insmod_status == 0, "insmod succeeded"),
         (!output.contains("invalid module format"), "insmod did not fail with ENOEXEC (invalid module format)"),
-        (!output.lines().any(|l| l.contains("test: no symbol version for")), "the kernel log does not say which symbol version is missing"),
+        (
+            !output.lines().any(|l| l.contains(&format!("test: {}", kheaders_selftest::load::NO_VERSIONS))),
+            "the kernel log does not say which symbol version is missing",
+        ),
         (output.contains(HELLO), "the module's init ran"),
     ]
     .into_iter()
