@@ -21,6 +21,7 @@ pub mod cache;
 pub mod cell;
 pub mod checks;
 pub mod console;
+pub mod debsrc;
 pub mod device;
 pub mod extract;
 pub mod image;
@@ -54,6 +55,11 @@ impl Project {
 
     pub fn kernel_dir(&self) -> PathBuf {
         self.root.join("kernel")
+    }
+
+    /// The series for `kernel`: `kernel/<version>/`.
+    pub fn series_dir(&self, kernel: matrix::Kernel) -> PathBuf {
+        self.kernel_dir().join(kernel.version())
     }
 
     /// The kselftest target, installed as `tools/testing/selftests/kheaders`.

@@ -51,6 +51,9 @@ enum Cmd {
         place: Place,
         #[arg(long)]
         unpatched: bool,
+        /// The kernel: 6.12 or 7.3.
+        #[arg(long, default_value = "6.12")]
+        kernel: khtest::matrix::Kernel,
     },
     /// Get the headers archive out of a built kernel without booting it.
     Extract {
@@ -80,7 +83,8 @@ enum Cmd {
 /// Where the kernel comes from and where results and builds go.
 #[derive(clap::Args)]
 struct Place {
-    /// Kernel source: a tree or a .tar.xz (default: Debian's linux-source-6.12).
+    /// Kernel source for every cell: a tree or a .tar.xz (default: each
+    /// cell's kernel from Debian, linux-source-6.12 or linux-source-7.3).
     #[arg(long)]
     tree: Option<PathBuf>,
     /// Where results go (default: target/khtest).
@@ -104,7 +108,7 @@ impl Place {
         Ok(Settings {
             cache_dir: self.cache.unwrap_or_else(khtest::default_cache_dir),
             out_dir: self.out.unwrap_or_else(|| project.default_out_dir()),
-            source: Source::from_arg(self.tree.as_deref())?,
+            source: self.tree.as_deref().map(Source::from_arg).transpose()?,
             timeouts: Timeouts::default(),
             build_limit: std::time::Duration::from_secs(3600),
             keep: false,
@@ -178,11 +182,11 @@ fn real_main() -> Result<ExitCode> {
             }
             Ok(ExitCode::from(report::exit_code(&reports)))
         }
-        Cmd::Tree { place, unpatched } => {
+        Cmd::Tree { place, unpatched, kernel } => {
             let s = place.settings(&project, None)?;
             let cache = khtest::cache::Cache::open(&s.cache_dir)?;
             let printer = khtest::progress::Printer::new(std::io::stderr().is_terminal());
-            let tree = khtest::tree::prepare(&cache, &s.source, &project, !unpatched, &|m| printer.print(m))?;
+            let tree = khtest::tree::prepare(&cache, s.source.as_ref(), &project, kernel, !unpatched, &|m| printer.print(m))?;
             println!("{}", tree.path.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -223,6 +227,7 @@ mod tests {
             &["khtest", "bench", "--whole-matrix", "--cold", "--reps", "5"],
             &["khtest", "extract", "vmlinux", "-o", "x.tar.xz"],
             &["khtest", "tree", "--unpatched"],
+            &["khtest", "tree", "--kernel", "7.3"],
             &["khtest", "list", "--json"],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));

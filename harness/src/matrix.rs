@@ -27,6 +27,72 @@ pub enum Arch {
     Arm64,
 }
 
+/// Which kernel a cell builds: its source and its series under `kernel/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+pub enum Kernel {
+    /// The LTS that Android 16 devices run.
+    #[default]
+    #[serde(rename = "6.12")]
+    V6_12,
+    /// Current mainline, as Debian's trixie-backports carries it.
+    #[serde(rename = "7.3")]
+    V7_3,
+}
+
+/// Everything that differs between the kernels, in one place.
+#[derive(Debug)]
+pub struct KernelFacts {
+    /// The matrix's name for it, and its series' directory under `kernel/`.
+    pub version: &'static str,
+    /// The Debian package that carries its source as a `.tar.xz`.
+    pub package: &'static str,
+    /// Where that package puts the `.tar.xz`.
+    pub tarball: &'static str,
+    /// The apt suite that has the package, when the host's sources do not
+    /// (a private sources list fetches it; the host's apt is not changed).
+    pub suite: Option<&'static str>,
+}
+
+const V6_12: KernelFacts = KernelFacts {
+    version: "6.12",
+    package: "linux-source-6.12",
+    tarball: "/usr/src/linux-source-6.12.tar.xz",
+    suite: None,
+};
+
+const V7_3: KernelFacts = KernelFacts {
+    version: "7.3",
+    package: "linux-source-7.3",
+    tarball: "/usr/src/linux-source-7.3.tar.xz",
+    suite: Some("trixie-backports"),
+};
+
+impl Kernel {
+    pub const ALL: [Kernel; 2] = [Kernel::V6_12, Kernel::V7_3];
+
+    pub fn facts(self) -> &'static KernelFacts {
+        match self {
+            Kernel::V6_12 => &V6_12,
+            Kernel::V7_3 => &V7_3,
+        }
+    }
+
+    pub fn version(self) -> &'static str {
+        self.facts().version
+    }
+}
+
+impl std::str::FromStr for Kernel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Kernel, String> {
+        Kernel::ALL.into_iter().find(|k| k.version() == s).ok_or_else(|| {
+            let known: Vec<&str> = Kernel::ALL.iter().map(|k| k.version()).collect();
+            format!("no kernel {s:?}: the series are for {}", known.join(", "))
+        })
+    }
+}
+
 /// How kheaders is built into the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum Kheaders {
@@ -54,6 +120,9 @@ pub struct Cell {
     /// What the cell proves, for the report.
     #[serde(default)]
     pub description: String,
+    /// The kernel it builds (default 6.12).
+    #[serde(default)]
+    pub kernel: Kernel,
     pub arch: Arch,
     pub kheaders: Kheaders,
     /// Ask for module-build artifacts in the archive (CONFIG_IKHEADERS_MODBUILD).
@@ -61,7 +130,8 @@ pub struct Cell {
     pub modbuild: bool,
     #[serde(default)]
     pub build: BuildKind,
-    /// Apply `kernel/series` (false: mainline 6.12 as Debian ships it).
+    /// Apply the kernel's series, `kernel/<version>/series` (false: the
+    /// kernel as Debian ships it).
     #[serde(default = "yes")]
     pub patched: bool,
     /// Kconfig fragments merged over `tinyconfig`, in order.
@@ -233,7 +303,7 @@ impl Matrix {
             }
             if c.modbuild && !c.patched {
                 bail!(
-                    "cell {:?}: `modbuild: true` needs `patched: true` (mainline 6.12 has no module-build artifacts); \
+                    "cell {:?}: `modbuild: true` needs `patched: true` (mainline has no module-build artifacts); \
                      set `modbuild: false` for the headers-only baseline",
                     c.name
                 );
@@ -314,6 +384,19 @@ cells:
         assert_eq!(c.build, BuildKind::OutOfTree);
         assert_eq!(m.cells[1].build, BuildKind::InTree);
         assert_eq!(m.fragment_paths(c), vec![d.path().join("base.config")]);
+        assert_eq!(c.kernel, Kernel::V6_12, "6.12 is the default kernel");
+    }
+
+    #[test]
+    fn the_kernel_key_takes_the_series_versions_and_shows_in_json() {
+        let m = Matrix::parse("cells:\n  - name: a\n    kernel: \"7.3\"\n    arch: x86_64\n    kheaders: y\n", frag_dir().path()).unwrap();
+        assert_eq!(m.cells[0].kernel, Kernel::V7_3);
+        let json = serde_json::to_string(&m.cells).unwrap();
+        assert!(json.contains(r#""kernel":"7.3""#), "{json}");
+        let e = err("cells:\n  - name: a\n    kernel: \"5.4\"\n    arch: x86_64\n    kheaders: y\n");
+        assert!(e.contains("5.4") && e.contains("line 3"), "{e}");
+        assert_eq!("7.3".parse::<Kernel>(), Ok(Kernel::V7_3));
+        assert!("7".parse::<Kernel>().unwrap_err().contains("6.12, 7.3"));
     }
 
     fn err(text: &str) -> String {

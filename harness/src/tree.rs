@@ -1,5 +1,6 @@
-//! Stage 1, the tree: unpack the kernel source once, apply `kernel/series`,
-//! install `selftests/kheaders` as `tools/testing/selftests/kheaders`.
+//! Stage 1, the tree: unpack the kernel source once, apply the kernel's
+//! series (`kernel/<version>/series`), install `selftests/kheaders` as
+//! `tools/testing/selftests/kheaders`.
 //!
 //! Trees are shared, read-only sources for `O=` builds; a cell that builds
 //! in-tree works on its own copy.
@@ -11,12 +12,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::cache::{key, Cache};
+use crate::debsrc;
+use crate::matrix::Kernel;
 use crate::process::{run_logged, run_logged_ticking, tail};
 use crate::progress::{self, Estimates};
 use crate::Project;
-
-/// Debian's `linux-source-6.12` package installs this.
-pub const DEBIAN_SOURCE: &str = "/usr/src/linux-source-6.12.tar.xz";
 
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -28,8 +28,9 @@ pub enum Source {
 }
 
 impl Source {
-    pub fn from_arg(path: Option<&Path>) -> Result<Source> {
-        let path = path.unwrap_or(Path::new(DEBIAN_SOURCE));
+    /// The source `--tree` names (without it, each cell's kernel comes
+    /// from Debian: [`crate::debsrc`]).
+    pub fn from_arg(path: &Path) -> Result<Source> {
         if path.is_dir() {
             if !path.join("Makefile").is_file() || !path.join("Kconfig").is_file() {
                 bail!("{} is not a kernel tree (no Makefile and Kconfig at its top)", path.display());
@@ -37,8 +38,6 @@ impl Source {
             Ok(Source::Dir(std::path::absolute(path)?))
         } else if path.is_file() {
             Ok(Source::Tarball(std::path::absolute(path)?))
-        } else if path == Path::new(DEBIAN_SOURCE) {
-            bail!("the default kernel source {DEBIAN_SOURCE} is missing: apt-get install linux-source-6.12 (or pass --tree)")
         } else {
             bail!("kernel tree {} does not exist", path.display())
         }
@@ -114,12 +113,12 @@ impl Tree {
     }
 }
 
-/// The patches named by `kernel/series`, in order.
-pub fn series(project: &Project) -> Result<Vec<PathBuf>> {
-    let file = project.kernel_dir().join("series");
+/// The patches named by `kernel/<version>/series`, in order.
+pub fn series(project: &Project, kernel: Kernel) -> Result<Vec<PathBuf>> {
+    let dir = project.series_dir(kernel);
+    let file = dir.join("series");
     let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-    let patches: Vec<PathBuf> =
-        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(|l| project.kernel_dir().join(l)).collect();
+    let patches: Vec<PathBuf> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(|l| dir.join(l)).collect();
     if patches.is_empty() {
         bail!("{} names no patch", file.display());
     }
@@ -131,15 +130,20 @@ pub fn series(project: &Project) -> Result<Vec<PathBuf>> {
     Ok(patches)
 }
 
-/// The tree for a cell: the source, patched or not, with the selftest in.
+/// The tree for a cell: `source` (`--tree`) or else `kernel`'s Debian
+/// source, patched with `kernel`'s series or not, with the selftest in.
 /// Unpacking the source (once) reports a status to `progress` each second.
-pub fn prepare(cache: &Cache, source: &Source, project: &Project, patched: bool, progress: &dyn Fn(&str)) -> Result<Tree> {
+pub fn prepare(cache: &Cache, source: Option<&Source>, project: &Project, kernel: Kernel, patched: bool, progress: &dyn Fn(&str)) -> Result<Tree> {
+    let source = match source {
+        Some(s) => s.clone(),
+        None => Source::Tarball(debsrc::tarball(cache, kernel, progress)?),
+    };
     let _lock = cache.lock("trees")?;
     let src_key = source.key()?;
-    let unpacked = cache.get_or_make("src", &src_key, |dir| unpack(source, dir, &Estimates::in_cache(cache.root()), progress))?;
+    let unpacked = cache.get_or_make("src", &src_key, |dir| unpack(&source, dir, &Estimates::in_cache(cache.root()), progress))?;
     let unpacked = top_dir(&unpacked)?;
 
-    let patches = if patched { series(project)? } else { Vec::new() };
+    let patches = if patched { series(project, kernel)? } else { Vec::new() };
     let mut parts: Vec<Vec<u8>> = vec![src_key.into_bytes(), vec![u8::from(patched)]];
     for p in &patches {
         parts.push(std::fs::read(p)?);
@@ -302,7 +306,7 @@ mod tests {
         std::fs::write(tree.join("Kconfig"), b"").unwrap();
         let deep = tree.join("arch/x86/include/asm/page.h");
         std::fs::write(&deep, b"#define PAGE_SHIFT 12\n").unwrap();
-        let source = Source::from_arg(Some(&tree)).unwrap();
+        let source = Source::from_arg(&tree).unwrap();
         let first = source.key().unwrap();
         assert_eq!(source.key().unwrap(), first, "the same tree has the same key");
         std::fs::create_dir_all(Tree { path: tree.clone(), key: first.clone() }.build_dir("b").join("kernel")).unwrap();

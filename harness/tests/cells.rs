@@ -54,7 +54,7 @@ fn settings() -> Result<Settings, Failed> {
     Ok(Settings {
         cache_dir: khtest::default_cache_dir(),
         out_dir: Project::locate().default_out_dir(),
-        source: Source::from_arg(None).map_err(|e| Failed::from(format!("{e:#}")))?,
+        source: None,
         timeouts: Timeouts::default(),
         build_limit: std::time::Duration::from_secs(3600),
         keep: false,

@@ -1,25 +1,33 @@
-//! The kernel series itself: it applies to Debian's 6.12 and is
-//! `checkpatch.pl --strict` clean, and every file it adds has a maintainer.
+//! The kernel series themselves: each applies to its Debian kernel (6.12,
+//! 7.3) and is `checkpatch.pl --strict` clean, and every file it adds has a
+//! maintainer.
 
 use std::process::Command;
 
 use khtest::cache::Cache;
-use khtest::tree::{self, Source};
+use khtest::matrix::Kernel;
+use khtest::tree;
 use khtest::Project;
 
-/// The default kernel tree from the shared cache, patched or not.
-fn prepared(project: &Project, patched: bool) -> tree::Tree {
+/// `kernel`'s Debian tree from the shared cache, patched or not.
+fn prepared(project: &Project, kernel: Kernel, patched: bool) -> tree::Tree {
     let cache = Cache::open(&khtest::default_cache_dir()).unwrap();
-    tree::prepare(&cache, &Source::from_arg(None).unwrap(), project, patched, &|_| {}).unwrap()
+    tree::prepare(&cache, None, project, kernel, patched, &|_| {}).unwrap()
 }
 
 #[test]
-fn series_is_checkpatch_strict_clean() {
+fn series_are_checkpatch_strict_clean() {
+    for kernel in Kernel::ALL {
+        checkpatch_clean(kernel);
+    }
+}
+
+fn checkpatch_clean(kernel: Kernel) {
     let project = Project::locate();
     // checkpatch from the unpatched tree, run inside it (it looks for the
     // tree it belongs to).
-    let tree = prepared(&project, false);
-    let patches = tree::series(&project).unwrap();
+    let tree = prepared(&project, kernel, false);
+    let patches = tree::series(&project, kernel).unwrap();
     // FILE_PATH_CHANGES ("does MAINTAINERS need updating?") fires for any
     // new file; `every_new_file_has_a_maintainer` answers it instead.
     let out = Command::new("perl")
@@ -31,7 +39,7 @@ fn series_is_checkpatch_strict_clean() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let clean = text.matches("total: 0 errors, 0 warnings, 0 checks").count();
-    assert!(out.status.success() && clean == patches.len(), "checkpatch --strict is not clean:\n{text}");
+    assert!(out.status.success() && clean == patches.len(), "checkpatch --strict is not clean on the {} series:\n{text}", kernel.version());
 }
 
 /// The files the patches create.
@@ -53,23 +61,31 @@ fn new_files(patches: &[std::path::PathBuf]) -> Vec<String> {
 
 #[test]
 fn every_new_file_has_a_maintainer() {
+    for kernel in Kernel::ALL {
+        new_files_have_maintainers(kernel);
+    }
+}
+
+fn new_files_have_maintainers(kernel: Kernel) {
     let project = Project::locate();
-    let tree = prepared(&project, true);
-    let patches = tree::series(&project).unwrap();
+    let tree = prepared(&project, kernel, true);
+    let patches = tree::series(&project, kernel).unwrap();
     let maintainers = std::fs::read_to_string(tree.path.join("MAINTAINERS")).unwrap();
     let patterns: Vec<&str> = maintainers.lines().filter_map(|l| l.strip_prefix("F:")).map(str::trim).collect();
     for f in new_files(&patches) {
         assert!(
             patterns.iter().any(|p| *p == f || (p.ends_with('/') && f.starts_with(p))),
-            "{f} is new and no F: line of MAINTAINERS covers it: add one"
+            "{f} is new in the {} series and no F: line of MAINTAINERS covers it: add one",
+            kernel.version()
         );
     }
 }
 
 #[test]
-fn series_applies_to_the_default_tree() {
-    let tree = prepared(&Project::locate(), true);
-    assert!(tree.path.join("kernel/kheaders.c").is_file());
-    let kheaders = std::fs::read_to_string(tree.path.join("kernel/kheaders.c")).unwrap();
-    assert!(kheaders.contains("proc_create("), "the series' procfs file is not in the patched tree");
+fn each_series_applies_to_its_debian_tree() {
+    for kernel in Kernel::ALL {
+        let tree = prepared(&Project::locate(), kernel, true);
+        let kheaders = std::fs::read_to_string(tree.path.join("kernel/kheaders.c")).unwrap();
+        assert!(kheaders.contains("proc_create("), "the {} series' procfs file is not in the patched tree", kernel.version());
+    }
 }
