@@ -31,7 +31,12 @@ pub fn tarball(cache: &Cache, kernel: Kernel, progress: &dyn Fn(&str)) -> Result
     let Some(suite) = facts.suite else {
         let path = PathBuf::from(facts.tarball);
         if !path.is_file() {
-            bail!("the {} kernel source {} is missing: apt-get install {} (scripts/setup-host.sh does), or pass --tree", facts.version, path.display(), facts.package);
+            bail!(
+                "the {} kernel source {} is missing: apt-get install {} (scripts/setup-host.sh does), or pass --tree",
+                facts.version,
+                path.display(),
+                facts.package
+            );
         }
         return Ok(path);
     };

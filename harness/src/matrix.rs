@@ -53,19 +53,10 @@ pub struct KernelFacts {
     pub suite: Option<&'static str>,
 }
 
-const V6_12: KernelFacts = KernelFacts {
-    version: "6.12",
-    package: "linux-source-6.12",
-    tarball: "/usr/src/linux-source-6.12.tar.xz",
-    suite: None,
-};
+const V6_12: KernelFacts = KernelFacts { version: "6.12", package: "linux-source-6.12", tarball: "/usr/src/linux-source-6.12.tar.xz", suite: None };
 
-const V7_3: KernelFacts = KernelFacts {
-    version: "7.3",
-    package: "linux-source-7.3",
-    tarball: "/usr/src/linux-source-7.3.tar.xz",
-    suite: Some("trixie-backports"),
-};
+const V7_3: KernelFacts =
+    KernelFacts { version: "7.3", package: "linux-source-7.3", tarball: "/usr/src/linux-source-7.3.tar.xz", suite: Some("trixie-backports") };
 
 impl Kernel {
     pub const ALL: [Kernel; 2] = [Kernel::V6_12, Kernel::V7_3];

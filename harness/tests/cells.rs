@@ -12,7 +12,6 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 use khtest::cell::{self, Settings};
 use khtest::matrix::Matrix;
-use khtest::tree::Source;
 use khtest::vm::Timeouts;
 use khtest::Project;
 
