@@ -56,6 +56,11 @@ pub fn clang_args(headers: &Path, arch: Arch) -> Vec<String> {
         "-Wno-unknown-warning-option",
         "-fno-stack-protector",
         "-fno-asynchronous-unwind-tables",
+        // Since 6.19 the kernel's headers use tagged anonymous struct
+        // members (`struct ns_tree;` in struct ns_common), as the kernel
+        // builds with -fms-extensions.
+        "-fms-extensions",
+        "-Wno-microsoft-anon-tag",
         "-O2",
         "-emit-llvm",
         "-Xclang",
