@@ -7,6 +7,7 @@ packages="
 	linux-source-6.12
 	make gcc libc6-dev flex bison bc perl cpio xz-utils tar patch kmod rsync ccache
 	libelf-dev libssl-dev
+	gcc-12-plugin-dev debian-archive-keyring
 	qemu-system-x86 busybox-static
 	gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm
 	clang llvm

@@ -24,7 +24,9 @@ use crate::{bpf, device, extract, image, progress, regen, tools, userland, Proje
 pub struct Settings {
     pub cache_dir: PathBuf,
     pub out_dir: PathBuf,
-    pub source: Source,
+    /// `--tree`: one source for every cell (default: each cell's kernel
+    /// from Debian).
+    pub source: Option<Source>,
     pub timeouts: Timeouts,
     /// The longest a kernel build may take.
     pub build_limit: Duration,
@@ -197,7 +199,7 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     let cache = run.phase("preflight", |run| preflight(run, cell, s))?;
     let tree = run.phase("tree", |run| {
         let (progress, name) = (run.progress, run.name.clone());
-        tree::prepare(&cache, &s.source, project, cell.patched, &|m| progress(&prefixed(&name, m))).map_err(error)
+        tree::prepare(&cache, s.source.as_ref(), project, cell.kernel, cell.patched, &|m| progress(&prefixed(&name, m))).map_err(error)
     })?;
     let want = kbuild::requested(cell, &matrix.fragment_paths(cell)).map_err(error)?;
     let toolchain = tools::toolchain_key(cell.arch).map_err(error)?;
@@ -212,6 +214,9 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         copy(&build.obj.join(".config"), &run.dir.join("config"))?;
         Ok(got)
     })?;
+    if cell.modbuild {
+        run.phase("randstruct", |run| randstruct_check(run, &build, cell))?;
+    }
     // The cell's copy of the build's archive: every later check reads it.
     let built = run.dir.join("kheaders_data.tar.xz");
     let (artifacts, build_was_noop) = run.phase("build", |run| build_kernel(run, &cache, &build, &config, cell, s, &built))?;
@@ -243,6 +248,18 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     };
     let host = Host { project, cell, s, cache: &cache, tree: &tree, build: &build, artifacts: &artifacts, built: &built };
     lanes(run, host, &spec)
+}
+
+/// RANDSTRUCT and the module-build archive cannot meet (K16): Kconfig must
+/// drop one when both are asked for. The probe needs gcc's plugin headers
+/// for the cell's compiler, which only the host's has here.
+fn randstruct_check(run: &mut Run, build: &Build, cell: &Cell) -> Result<(), Stop> {
+    let name = "Kconfig drops the module-build archive when RANDSTRUCT is on";
+    if !cell.arch.is_host() {
+        return run.check(name, Verdict::Skip("the probe needs gcc plugin headers for the cross compiler; the host-arch cells run it".into()));
+    }
+    let got = build.randstruct_probe(&run.dir.join("randstruct-probe.log")).map_err(build_stop)?;
+    run.check(name, checks::randstruct_verdict(&got))
 }
 
 /// The tools, the cell directory (its unpacked archive kept), free space,
@@ -697,7 +714,7 @@ pub struct Built {
 pub fn build_only(project: &Project, matrix: &Matrix, cell: &Cell, s: &Settings, want: Option<kbuild::Config>, log: &Path) -> anyhow::Result<Built> {
     anyhow::ensure!(cell.build == BuildKind::OutOfTree, "cell {}: only out-of-tree builds can be built on their own", cell.name);
     let cache = Cache::open(&s.cache_dir)?;
-    let tree = tree::prepare(&cache, &s.source, project, cell.patched, &|_| {})?;
+    let tree = tree::prepare(&cache, s.source.as_ref(), project, cell.kernel, cell.patched, &|_| {})?;
     let want = match want {
         Some(w) => w,
         None => kbuild::requested(cell, &matrix.fragment_paths(cell))?,

@@ -363,9 +363,40 @@ pub fn refused_without_versions(insmod_status: i32, output: &str) -> Verdict {
     }
 }
 
+/// The verdict on a RANDSTRUCT probe's configuration: the module-build
+/// archive would carry `scripts/basic/randstruct.seed`, readable by every
+/// user, so the two must not meet. A probe that could not switch
+/// RANDSTRUCT on proves nothing.
+pub fn randstruct_verdict(got: &crate::kbuild::Config) -> Verdict {
+    let on = |k: &str| got.get(k).map(String::as_str) == Some("y");
+    match (on("CONFIG_RANDSTRUCT"), on("CONFIG_IKHEADERS_MODBUILD")) {
+        (true, true) => Verdict::Fail(
+            "CONFIG_RANDSTRUCT and CONFIG_IKHEADERS_MODBUILD can both be set: the archive, readable by every user, \
+             would carry scripts/basic/randstruct.seed"
+                .into(),
+        ),
+        (true, false) => Verdict::Pass,
+        (false, _) => Verdict::Error(
+            "the probe could not switch CONFIG_RANDSTRUCT on, so it proves nothing: it needs gcc's plugin headers \
+             (apt-get install gcc-12-plugin-dev; scripts/setup-host.sh does)"
+                .into(),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn randstruct_beside_the_module_build_archive_fails_and_a_probe_without_it_proves_nothing() {
+        let cfg = |t: &str| crate::kbuild::parse_config(t);
+        let both = randstruct_verdict(&cfg("CONFIG_RANDSTRUCT=y\nCONFIG_IKHEADERS_MODBUILD=y\n"));
+        assert!(matches!(&both, Verdict::Fail(m) if m.contains("randstruct.seed")), "{both:?}");
+        assert_eq!(randstruct_verdict(&cfg("CONFIG_RANDSTRUCT=y\n# CONFIG_IKHEADERS_MODBUILD is not set\n")), Verdict::Pass);
+        let off = randstruct_verdict(&cfg("CONFIG_IKHEADERS_MODBUILD=y\n"));
+        assert!(matches!(&off, Verdict::Error(m) if m.contains("gcc-12-plugin-dev")), "{off:?}");
+    }
 
     #[test]
     fn an_elf_program_of_another_machine_is_named() {

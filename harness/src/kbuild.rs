@@ -139,6 +139,9 @@ pub fn merge(base: &str, want: &Config) -> String {
 /// entries carry it.
 pub const BUILD_TIMESTAMP: (&str, u64) = ("Sun Nov 17 00:00:00 UTC 2024", 1_731_801_600);
 
+/// What the RANDSTRUCT probe asks for: gcc has no randstruct of its own.
+pub const RANDSTRUCT_ASK: &str = "CONFIG_GCC_PLUGINS=y\n# CONFIG_RANDSTRUCT_NONE is not set\nCONFIG_RANDSTRUCT_FULL=y\n";
+
 /// Make jobs: one more than the cores, as kbuild users usually do.
 pub fn jobs() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) + 1
@@ -193,6 +196,19 @@ impl Build {
             return Err(NotStuck { config: self.config_path(), options: bad }.into());
         }
         Ok(got)
+    }
+
+    /// The configuration `olddefconfig` makes of this build's `.config`
+    /// with RANDSTRUCT asked for (through GCC plugins), in a file of its
+    /// own (`KCONFIG_CONFIG`): the build's `.config` is left alone.
+    pub fn randstruct_probe(&self, log: &Path) -> Result<Config> {
+        let probe = self.obj.join(".config.khtest-randstruct");
+        let ask = parse_config(RANDSTRUCT_ASK);
+        std::fs::write(&probe, merge(&std::fs::read_to_string(self.config_path())?, &ask))?;
+        let mut cmd = self.make();
+        cmd.arg(format!("KCONFIG_CONFIG={}", probe.display()));
+        self.run_make(cmd, &["olddefconfig"], log, Duration::from_secs(300), &mut || {})?;
+        Ok(parse_config(&std::fs::read_to_string(&probe)?))
     }
 
     /// The headers archive the build makes.
