@@ -1,6 +1,7 @@
 #!/bin/sh
 # Put each fault of the 2019 review back, one at a time, as an extra patch
-# on top of kernel/series, and run the cell that must catch it. Every run
+# on top of the 6.12 series (kernel/6.12/series), and run the cell that must
+# catch it. Every run
 # must end red; the summary says which phase and check caught each fault.
 #
 #   scripts/put-faults-back.sh [FAULT...]
@@ -17,9 +18,10 @@
 # 64 MiB dictionary, 65 MiB to decode) and adjust (no --no-adjust: a low
 # XZ_DEFAULTS memory limit changes the bytes instead of failing).
 #
-# One of the kernel series v2 (cross builds), run by default too: hostarch
-# (the archive's host programs not rebuilt for the target: an arm64
-# archive with x86-64 fixdep and modpost, caught in arm64-y-o).
+# Of the kernel series v2, run by default too: hostarch (the archive's host
+# programs not rebuilt for the target: an arm64 archive with x86-64 fixdep
+# and modpost, caught in arm64-y-o) and randstruct (IKHEADERS_MODBUILD no
+# longer excludes RANDSTRUCT: the seed could go into the archive).
 #
 # Two more, not run unless named, break the build the plainest ways, to
 # show what a broken build's verdict quotes: cc (a compiler error in
@@ -40,7 +42,7 @@ set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${KHTEST_FAULTS_OUT:-$repo/target/khtest-faults}
 khtest=$repo/target/release/khtest
-faults=${*:-regen arch spdx symvers oot pristine errors xzmem adjust hostarch}
+faults=${*:-regen arch spdx symvers oot pristine errors xzmem adjust hostarch randstruct}
 
 cd "$repo"
 cargo build -q --release -p khtest
@@ -71,7 +73,7 @@ make_patch()
 	rm -f "$out/$1.patch"
 	case $1 in
 	regen)
-		fault_patch regen kernel/Makefile 's/\$(call if_changed_dep,kheaders_data)/$(call cmd,kheaders_data)/' ;;
+		fault_patch regen kernel/Makefile 's/\$(call if_changed_rule,kheaders_data)/$(call cmd,kheaders_data)/' ;;
 	arch)
 		fault_patch arch kernel/gen_kheaders.sh 's/arch\/\${SRCARCH}/arch\/${ARCH}/g' ;;
 	spdx)
@@ -84,7 +86,7 @@ make_patch()
 			's/^\tfind "arch\/\${SRCARCH}\/include\/generated" include\/generated \\$/\tfalse \&\& find "arch\/${SRCARCH}\/include\/generated" include\/generated \\/' ;;
 	pristine)
 		fault_patch pristine kernel/gen_kheaders.sh 's/^\techo include\/config\/kernel.release$/\techo include\/config\/kernel.release\n\techo Module.symvers/'
-		fault_patch pristine kernel/Makefile 's/^\$(obj)\/kheaders_data.tar.xz: \$(obj)\/kheaders.list include\/config\/auto.conf FORCE$/$(obj)\/kheaders_data.tar.xz: $(obj)\/kheaders.list include\/config\/auto.conf Module.symvers FORCE/' ;;
+		fault_patch pristine kernel/Makefile 's/^\(\t*     \$(obj)\/kheaders-config\) FORCE$/\1 Module.symvers FORCE/' ;;
 	errors)
 		fault_patch errors kernel/gen_kheaders.sh 's/cpio --quiet -pdmu "\${staging}"$/cpio --quiet -pdmu "${staging}" >\/dev\/null 2>\&1/' ;;
 	xzmem)
@@ -96,6 +98,8 @@ make_patch()
 		fault_patch hostarch kernel/gen_kheaders.sh \
 			's/^\t   \[ "\${CC:-}" != "\${HOSTCC:-}" \]; then$/\t   false; then/' \
 			's/"\${STRIP:-strip}"/strip/g' ;;
+	randstruct)
+		fault_patch randstruct init/Kconfig '/^config IKHEADERS_MODBUILD$/,/^config /{/^\tdepends on !RANDSTRUCT$/d}' ;;
 	cc)
 		fault_patch cc kernel/kheaders.c '/^static int __init ikheaders_init(void)$/,/^}$/s/^\tint ret;$/\tint ret/' ;;
 	ld)
@@ -128,8 +132,8 @@ for f in $faults; do
 	rm -rf "$copy"
 	mkdir -p "$copy"
 	git archive HEAD | tar -x -C "$copy"
-	cp "$out/$f.patch" "$copy/kernel/9999-fault-$f.patch"
-	echo "9999-fault-$f.patch" >> "$copy/kernel/series"
+	cp "$out/$f.patch" "$copy/kernel/6.12/9999-fault-$f.patch"
+	echo "9999-fault-$f.patch" >> "$copy/kernel/6.12/series"
 	# Only these faults need the regen phase: spare the others it.
 	if [ "$f" != errors ] && [ "$f" != adjust ]; then
 		sed -i 's/^    regen: true$/    regen: false/' "$copy/configs/matrix.yaml"
