@@ -231,6 +231,13 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         build.rebuild(&log, s.build_limit).map_err(build_stop)?;
         run.check(name, noop_verdict(&build, &before, &log, 0, cell)?)
     })?;
+    if cell.patched && cell.modbuild {
+        run.phase("tracking", |run| {
+            let cmd = build.obj.join("kernel/.kheaders_data.tar.xz.cmd");
+            let text = std::fs::read_to_string(&cmd).map_err(|e| Verdict::Error(format!("cannot read {}: {e}", cmd.display())))?;
+            run.check("the archive's .cmd file tracks the top-level Makefile (K16)", checks::tracked_inputs(&text))
+        })?;
+    }
     if cell.regen {
         run.phase("regen", |run| regen_checks(run, &cache, &tree, &build, &build_key, &artifacts, s))?;
     }

@@ -363,6 +363,29 @@ pub fn refused_without_versions(insmod_status: i32, output: &str) -> Verdict {
     }
 }
 
+/// The archive's `.cmd` file (`kernel/.kheaders_data.tar.xz.cmd`) must
+/// name the top-level Makefile among its dependencies (K16). fixdep, run
+/// on a dependency file, takes its first entry for the source of the
+/// target (`source_... :=`) and drops it from the dependencies: the
+/// top-level Makefile, the list's first file, would change unseen.
+pub fn tracked_inputs(cmd_text: &str) -> Verdict {
+    if let Some(line) = cmd_text.lines().find(|l| l.starts_with("source_")) {
+        return Verdict::Fail(format!(
+            "the archive's .cmd file has `{}`: fixdep took that file for the source, so it is not a dependency and editing it does not rebuild the archive",
+            line.trim()
+        ));
+    }
+    let top = |l: &str| {
+        let p = l.trim().trim_end_matches('\\').trim();
+        p.strip_prefix("../").or_else(|| p.strip_prefix("./")).unwrap_or(p) == "Makefile"
+    };
+    if cmd_text.lines().any(top) {
+        Verdict::Pass
+    } else {
+        Verdict::Fail("the archive's .cmd file does not list the top-level Makefile among its dependencies".into())
+    }
+}
+
 /// The verdict on a RANDSTRUCT probe's configuration: the module-build
 /// archive would carry `scripts/basic/randstruct.seed`, readable by every
 /// user, so the two must not meet. A probe that could not switch
@@ -387,6 +410,18 @@ pub fn randstruct_verdict(got: &crate::kbuild::Config) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_top_makefile_must_be_a_dependency_not_fixdeps_source() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("test_data/cmd-files");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        // Recorded from the first 6.12 series, whose rule ran fixdep.
+        let v = tracked_inputs(&read("fixdep-6.12-v1.cmd"));
+        assert!(matches!(&v, Verdict::Fail(m) if m.contains("source_kernel/kheaders_data.tar.xz := ../Makefile")), "{v:?}");
+        assert_eq!(tracked_inputs(&read("depfile-7.3.cmd")), Verdict::Pass);
+        let v = tracked_inputs("deps_kernel/kheaders_data.tar.xz := \\\n  ../arch/x86/Makefile \\\n");
+        assert!(matches!(v, Verdict::Fail(_)), "an arch Makefile is not the top-level one");
+    }
 
     #[test]
     fn randstruct_beside_the_module_build_archive_fails_and_a_probe_without_it_proves_nothing() {

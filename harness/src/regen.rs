@@ -140,13 +140,24 @@ pub fn run(cell: &Build, cell_archive: &Path, scratch: &Path, dir: &Path, limit:
         return Ok(steps);
     }
 
+    // syncconfig rewrites auto.conf and autoconf.h whenever .config is
+    // newer, whatever changed.
+    s.touch_config()?;
+    let (log, _) = s.generate("touched-config", OTHER_TIMESTAMP.0)?;
+    if !record("touch .config with nothing changed regenerates nothing (K16)", not_generated(&log, "touch .config")) {
+        return Ok(steps);
+    }
+
     std::fs::remove_file(scratch.join(PROBE)).with_context(|| format!("cannot remove {PROBE}"))?;
     let (log, archive) = s.generate("removed-header", OTHER_TIMESTAMP.0)?;
     if !record("a removed header leaves the archive (K6)", regenerated(dir, &log, &archive, |a| probe_is(a, None))?) {
         return Ok(steps);
     }
 
-    record("a copy error fails the generator, naming the file (K7)", s.generator_error()?);
+    if !record("a copy error fails the generator, naming the file (K7)", s.generator_error()?) {
+        return Ok(steps);
+    }
+    record("an interrupted generator leaves no temporary file (K16)", s.interrupted_generator()?);
     Ok(steps)
 }
 
@@ -187,6 +198,15 @@ impl Scratch<'_> {
         })
     }
 
+    /// `.config` made newer than the configuration kbuild derived from it,
+    /// its bytes unchanged.
+    fn touch_config(&self) -> Result<()> {
+        let path = self.build.obj.join(".config");
+        let file = std::fs::File::options().append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let later = std::time::SystemTime::now() + Duration::from_secs(2);
+        file.set_modified(later).with_context(|| format!("cannot touch {}", path.display()))
+    }
+
     fn set_localversion(&self, v: &str) -> Result<()> {
         let path = self.build.obj.join(".config");
         let text = std::fs::read_to_string(&path)?;
@@ -198,24 +218,53 @@ impl Scratch<'_> {
     /// Run the generator by hand on a list naming a file that does not
     /// exist: it must fail, say which file, and leave no archive.
     fn generator_error(&self) -> Result<Verdict> {
-        let obj = &self.build.obj;
-        let work = tempfile::tempdir_in(obj).context("cannot make a temporary directory in the scratch tree")?;
+        let work = tempfile::tempdir_in(&self.build.obj).context("cannot make a temporary directory in the scratch tree")?;
         let list = work.path().join("list");
         write(&list, "s include/linux/kernel.h\no include/generated/khtest-missing.h\n")?;
         let out = work.path().join("out.tar.xz");
         let log = self.dir.join("regen-generator-error.log");
+        let status = run_logged(&mut self.generator(&list, &out), &log, self.limit)?;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        Ok(generator_failed(status.success(), &text, out.exists(), "khtest-missing.h"))
+    }
+
+    /// Run the generator by hand on the cell's whole list and interrupt it
+    /// as make does on ^C (SIGINT to the process group) once it has
+    /// started copying: it must leave none of its temporary files.
+    fn interrupted_generator(&self) -> Result<Verdict> {
+        let work = tempfile::tempdir_in(&self.build.obj).context("cannot make a temporary directory in the scratch tree")?;
+        let list = self.build.obj.join("kernel/kheaders.list");
+        let out = work.path().join("out.tar.xz");
+        let log = std::fs::File::create(self.dir.join("regen-interrupted.log"))?;
+        let mut cmd = self.generator(&list, &out);
+        cmd.stdout(log.try_clone()?).stderr(log);
+        let mut child = crate::process::spawn_group(&mut cmd).context("cannot start gen_kheaders.sh")?;
+        let staging = work.path().join(".tmp_kheaders");
+        let started = crate::process::Deadline::after(Duration::from_secs(60));
+        while !staging.exists() && !started.passed() && child.try_wait()?.is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: kill(2) on the child's own process group.
+        unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGINT) };
+        let status = crate::process::wait_limited(child, self.limit)?;
+        let left: Vec<String> = std::fs::read_dir(work.path())?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        Ok(interrupted_verdict(status.success(), &left))
+    }
+
+    /// `gen_kheaders.sh archive <list> <out> <out>.d`, as kernel/Makefile
+    /// runs it in this object tree.
+    fn generator(&self, list: &Path, out: &Path) -> Command {
         let mut cmd = Command::new("sh");
         cmd.arg(self.build.src.join("kernel/gen_kheaders.sh"))
             .arg("archive")
-            .args([&list, &out, &work.path().join("out.d")])
-            .current_dir(obj)
+            .args([list, out, &out.with_extension("d")])
+            .current_dir(&self.build.obj)
             .env("srctree", &self.build.src)
             .env("building_out_of_srctree", "1")
             .env("SRCARCH", self.build.arch.srcarch())
             .env("XZ", "xz");
-        let status = run_logged(&mut cmd, &log, self.limit)?;
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        Ok(generator_failed(status.success(), &text, out.exists(), "khtest-missing.h"))
+        cmd
     }
 }
 
@@ -341,6 +390,28 @@ fn tree_differences(a: &Path, b: &Path) -> Result<Vec<String>> {
 
 /// The verdict on a regeneration under a memory limit lower than the
 /// archive's xz settings need: it must fail with xz's message.
+/// The verdict on an interrupted generator, from whether it still succeeded
+/// and what it left in its output directory.
+pub fn interrupted_verdict(succeeded: bool, left: &[String]) -> Verdict {
+    if succeeded {
+        return Verdict::Error("the generator finished before the interrupt reached it: the check proves nothing".into());
+    }
+    if left.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!("an interrupted generator left {} behind (make clean must not be the only way out)", left.join(", ")))
+    }
+}
+
+/// A step that must not run the generator.
+fn not_generated(log: &str, what: &str) -> Verdict {
+    if generated(log) {
+        Verdict::Fail(format!("{what} regenerated the archive: kbuild printed its GEN line"))
+    } else {
+        Verdict::Pass
+    }
+}
+
 pub fn xz_limit_verdict(built: bool, log: &str) -> Verdict {
     let xz: Vec<&str> = log.lines().filter(|l| l.trim_start().starts_with("xz:")).collect();
     if built {
@@ -378,6 +449,14 @@ pub fn generator_failed(succeeded: bool, output: &str, archive_written: bool, mi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interrupted_generator_must_stop_and_leave_nothing() {
+        assert_eq!(interrupted_verdict(false, &[]), Verdict::Pass);
+        let v = interrupted_verdict(false, &[".tmp_kheaders".into(), "out.tar.xz.tmp".into()]);
+        assert!(matches!(&v, Verdict::Fail(m) if m.contains(".tmp_kheaders, out.tar.xz.tmp")), "{v:?}");
+        assert!(matches!(interrupted_verdict(true, &[]), Verdict::Error(_)), "a run the signal missed proves nothing");
+    }
 
     #[test]
     fn finds_the_gen_line_only() {
