@@ -20,8 +20,11 @@
 #
 # Of the kernel series v2, run by default too: hostarch (the archive's host
 # programs not rebuilt for the target: an arm64 archive with x86-64 fixdep
-# and modpost, caught in arm64-y-o) and randstruct (IKHEADERS_MODBUILD no
-# longer excludes RANDSTRUCT: the seed could go into the archive).
+# and modpost, caught in arm64-y-o), randstruct (IKHEADERS_MODBUILD no
+# longer excludes RANDSTRUCT: the seed could go into the archive),
+# touchconfig (auto.conf a prerequisite again: touch .config rebuilds the
+# archive) and tmpfiles (no INT trap: an interrupted generator leaves its
+# staging directory behind).
 #
 # Two more, not run unless named, break the build the plainest ways, to
 # show what a broken build's verdict quotes: cc (a compiler error in
@@ -31,9 +34,8 @@
 # relative to the repository).
 #
 # Each run builds a kernel, mostly from ccache once the series' own cells
-# have been built (about a minute; the errors and adjust runs also drive
-# the regen phase, about 5 min each; with the device phase, 26 min for all
-# twelve). Results:
+# have been built (about a minute; the errors, adjust, touchconfig and
+# tmpfiles runs also drive the regen phase, about 5 min each). Results:
 # target/khtest-faults/.
 # The sed expressions below quote make and shell text literally:
 # shellcheck disable=SC2016
@@ -42,7 +44,7 @@ set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${KHTEST_FAULTS_OUT:-$repo/target/khtest-faults}
 khtest=$repo/target/release/khtest
-faults=${*:-regen arch spdx symvers oot pristine errors xzmem adjust hostarch randstruct}
+faults=${*:-regen arch spdx symvers oot pristine errors xzmem adjust hostarch randstruct touchconfig tmpfiles}
 
 cd "$repo"
 cargo build -q --release -p khtest
@@ -100,6 +102,10 @@ make_patch()
 			's/"\${STRIP:-strip}"/strip/g' ;;
 	randstruct)
 		fault_patch randstruct init/Kconfig '/^config IKHEADERS_MODBUILD$/,/^config /{/^\tdepends on !RANDSTRUCT$/d}' ;;
+	touchconfig)
+		fault_patch touchconfig kernel/Makefile 's/^\(\t*     \)\$(obj)\/kheaders-config FORCE$/\1include\/config\/auto.conf FORCE/' ;;
+	tmpfiles)
+		fault_patch tmpfiles kernel/gen_kheaders.sh "/^trap 'exit 130' INT$/d" ;;
 	cc)
 		fault_patch cc kernel/kheaders.c '/^static int __init ikheaders_init(void)$/,/^}$/s/^\tint ret;$/\tint ret/' ;;
 	ld)
@@ -135,7 +141,7 @@ for f in $faults; do
 	cp "$out/$f.patch" "$copy/kernel/6.12/9999-fault-$f.patch"
 	echo "9999-fault-$f.patch" >> "$copy/kernel/6.12/series"
 	# Only these faults need the regen phase: spare the others it.
-	if [ "$f" != errors ] && [ "$f" != adjust ]; then
+	if [ "$f" != errors ] && [ "$f" != adjust ] && [ "$f" != touchconfig ] && [ "$f" != tmpfiles ]; then
 		sed -i 's/^    regen: true$/    regen: false/' "$copy/configs/matrix.yaml"
 	fi
 	cell=$(cell_for "$f")
