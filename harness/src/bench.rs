@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::cell::{self, Built, Settings};
 use crate::kbuild::{self, Build, BUILD_TIMESTAMP};
-use crate::matrix::{BuildKind, Cell, Kheaders, Matrix};
+use crate::matrix::{BuildKind, Cell, Kernel, Kheaders, Matrix};
 use crate::process::run_logged;
 use crate::vm::{Guest, Spec};
 use crate::{checks, image, Project};
@@ -74,8 +74,11 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
         matrix.cells.iter().find(|c| f(c)).cloned().with_context(|| format!("the matrix has no {what} cell for the bench"))
     };
     let oot = |c: &Cell| c.build == BuildKind::OutOfTree && c.kheaders == Kheaders::BuiltIn;
-    let x86 = pick("x86_64 =y O= module-build", &|c| oot(c) && c.patched && c.modbuild && c.arch.is_host())?;
-    let arm = pick("arm64 =y O= module-build", &|c| oot(c) && c.patched && c.modbuild && !c.arch.is_host())?;
+    let series = |c: &Cell, k: Kernel| oot(c) && c.patched && c.modbuild && c.kernel == k;
+    let x86 = pick("6.12 x86_64 =y O= module-build", &|c| series(c, Kernel::V6_12) && c.arch.is_host())?;
+    let arm = pick("6.12 arm64 =y O= module-build", &|c| series(c, Kernel::V6_12) && !c.arch.is_host())?;
+    let x86_73 = pick("7.3 x86_64 =y O= module-build", &|c| series(c, Kernel::V7_3) && c.arch.is_host())?;
+    let arm_73 = pick("7.3 arm64 =y O= module-build", &|c| series(c, Kernel::V7_3) && !c.arch.is_host())?;
     let mainline = pick("unpatched", &|c| oot(c) && !c.patched)?;
 
     progress("bench: the builds (cached ones are no-op makes)");
@@ -88,14 +91,23 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
     let arm_cell = arm.clone();
     let arm = cell::build_only(project, matrix, &arm, s, None, &log)?;
     let mainline = cell::build_only(project, matrix, &mainline, s, None, &log)?;
+    let x86_73 = cell::build_only(project, matrix, &x86_73, s, None, &log)?;
+    let arm_73 = cell::build_only(project, matrix, &arm_73, s, None, &log)?;
 
     let mut figures = Vec::new();
     progress("bench: no-op rebuilds, archive on and off");
     let noop_off = noop_rebuilds(&on, &off, s, opts, &dir, &mut figures)?;
     progress("bench: rebuild after one header is added, then removed");
     header_rebuilds(&on, noop_off, s, &dir, &mut figures)?;
+    progress("bench: touch .config, both kernels");
+    for (kernel, b) in [("6.12", &on), ("7.3", &x86_73)] {
+        touched_config(kernel, b, noop_off, s, &dir, &mut figures)?;
+    }
     progress("bench: archive sizes and generation times");
     archives(&on, &arm, &mainline, &dir, &mut figures)?;
+    for (arch, b) in [("x86_64", &x86_73), ("arm64", &arm_73)] {
+        built_archive("7.3", arch, b, &mut figures)?;
+    }
     progress("bench: extraction, liblzma + tar crate vs tar -xJf");
     extraction(&on, opts, &dir, &mut figures)?;
     progress("bench: bare boots and verdicts of one cell, taking turns");
@@ -170,6 +182,44 @@ fn header_rebuilds(on: &Built, noop_off: f64, s: &Settings, dir: &Path, figures:
     );
     figures.push(
         Figure::new("incremental", "rebuild after that header is removed", removed, "s").against("no-op rebuild, CONFIG_IKHEADERS=n", noop_off),
+    );
+    Ok(())
+}
+
+/// `touch .config` with nothing changed, then a rebuild: whether it
+/// regenerated the archive (must not), and how long it took.
+fn touched_config(kernel: &str, b: &Built, noop_off: f64, s: &Settings, dir: &Path, figures: &mut Vec<Figure>) -> Result<()> {
+    let log = dir.join(format!("touch-config-{kernel}.log"));
+    let before = checks::snapshot(&b.archive)?;
+    let config = std::fs::File::options().append(true).open(b.build.obj.join(".config"))?;
+    config.set_modified(std::time::SystemTime::now())?;
+    let secs = timed(|| b.build.rebuild(&log, s.build_limit))?;
+    let rebuilt = checks::snapshot(&b.archive)? != before;
+    figures.push(
+        Figure::new("incremental", format!("{kernel}: archive rebuilt after touch .config (1 yes, 0 no)"), f64::from(u8::from(rebuilt)), "")
+            .at_most(0.0),
+    );
+    figures.push(
+        Figure::new("incremental", format!("{kernel}: rebuild after touch .config"), secs, "s")
+            .against("no-op rebuild, CONFIG_IKHEADERS=n (6.12)", noop_off),
+    );
+    Ok(())
+}
+
+/// The size and decode memory of the archive a cell's build made.
+fn built_archive(kernel: &str, arch: &str, b: &Built, figures: &mut Vec<Figure>) -> Result<()> {
+    let size = std::fs::metadata(&b.archive)?.len() as f64 / 1e6;
+    figures.push(Figure::new("archive", format!("{kernel} {arch} series, with module-build files (the build's archive)"), size, "MB").at_most(5.0));
+    let list = checks::xz_list(&b.archive).map_err(anyhow::Error::msg)?;
+    let bytes = checks::parse_xz_memory(&list).context("xz --robot -lvv gave no summary line")?;
+    figures.push(
+        Figure::new(
+            "archive",
+            format!("{kernel} {arch} memory to decode the build's archive (xz --robot -lvv)"),
+            bytes as f64 / f64::from(1 << 20),
+            "MiB",
+        )
+        .at_most(9.0),
     );
     Ok(())
 }
