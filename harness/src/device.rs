@@ -173,6 +173,16 @@ fn parse_result(l: &str) -> Option<TapResult> {
     Some(TapResult { number: num.parse().ok()?, ok, name: name.trim().to_owned(), skip, diag: Vec::new() })
 }
 
+/// Whether `text` reports a kselftest runner TIMEOUT that cannot be real:
+/// its `timeout set to N` is longer than the `host_secs` the whole command
+/// took on the host. The guest's clock jumped (seen here when the machine
+/// running QEMU was paused and resumed); the command deserves a second run.
+pub fn spurious_timeout(text: &str, host_secs: f64) -> bool {
+    let timed_out = text.lines().any(|l| l.starts_with("not ok ") && l.contains("# TIMEOUT"));
+    let set = text.lines().find_map(|l| l.trim_start_matches("# ").strip_prefix("timeout set to ")?.trim().parse::<f64>().ok());
+    timed_out && set.is_some_and(|t| host_secs < t)
+}
+
 /// The verdict on one test's TAP (`what` names it): four results, as
 /// `expect` says. A test that skipped itself whole lacks something in the
 /// userland: ERROR, with its reason.
@@ -286,6 +296,10 @@ mod tests {
         assert!(matches!(&v, Verdict::Error(m) if m.contains("'gcc' not found")), "{v:?}");
         assert!(matches!(judge("port", "Kernel panic", "", Expect::Loads), Verdict::Fail(m) if m.contains("no TAP plan")));
         let hung = "# 1..4\n# ok 1 archive extracts\nnot ok 1 selftests: kheaders: run_kheaders_modbuild.sh # TIMEOUT 600 seconds\n";
+        let with_setting = format!("# timeout set to 600\n{hung}");
+        assert!(spurious_timeout(&with_setting, 16.2), "600 s cannot pass in 16 s of host time");
+        assert!(!spurious_timeout(&with_setting, 601.0), "a real hang");
+        assert!(!spurious_timeout(RUNNER_PASS, 16.2), "no timeout at all");
         assert!(matches!(judge("kselftest", hung, "# ", Expect::Loads), Verdict::Error(m) if m.contains("hung on the device")));
     }
 
