@@ -257,7 +257,7 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     lanes(run, host, &spec)
 }
 
-/// RANDSTRUCT and the module-build archive cannot meet (K16): Kconfig must
+/// RANDSTRUCT and the module-build archive cannot meet (K15): Kconfig must
 /// drop one when both are asked for. The probe needs gcc's plugin headers
 /// for the cell's compiler, which only the host's has here.
 fn randstruct_check(run: &mut Run, build: &Build, cell: &Cell) -> Result<(), Stop> {
