@@ -191,8 +191,7 @@ fn header_rebuilds(on: &Built, noop_off: f64, s: &Settings, dir: &Path, figures:
 fn touched_config(kernel: &str, b: &Built, noop_off: f64, s: &Settings, dir: &Path, figures: &mut Vec<Figure>) -> Result<()> {
     let log = dir.join(format!("touch-config-{kernel}.log"));
     let before = checks::snapshot(&b.archive)?;
-    let config = std::fs::File::options().append(true).open(b.build.obj.join(".config"))?;
-    config.set_modified(std::time::SystemTime::now())?;
+    b.build.touch_config()?;
     let secs = timed(|| b.build.rebuild(&log, s.build_limit))?;
     let rebuilt = checks::snapshot(&b.archive)? != before;
     figures.push(
@@ -210,18 +209,18 @@ fn touched_config(kernel: &str, b: &Built, noop_off: f64, s: &Settings, dir: &Pa
 fn built_archive(kernel: &str, arch: &str, b: &Built, figures: &mut Vec<Figure>) -> Result<()> {
     let size = std::fs::metadata(&b.archive)?.len() as f64 / 1e6;
     figures.push(Figure::new("archive", format!("{kernel} {arch} series, with module-build files (the build's archive)"), size, "MB").at_most(5.0));
-    let list = checks::xz_list(&b.archive).map_err(anyhow::Error::msg)?;
-    let bytes = checks::parse_xz_memory(&list).context("xz --robot -lvv gave no summary line")?;
     figures.push(
-        Figure::new(
-            "archive",
-            format!("{kernel} {arch} memory to decode the build's archive (xz --robot -lvv)"),
-            bytes as f64 / f64::from(1 << 20),
-            "MiB",
-        )
-        .at_most(9.0),
+        Figure::new("archive", format!("{kernel} {arch} memory to decode the build's archive (xz --robot -lvv)"), decode_mib(&b.archive)?, "MiB")
+            .at_most(9.0),
     );
     Ok(())
+}
+
+/// The memory `xz --robot -lvv` says decoding `archive` needs, in MiB.
+fn decode_mib(archive: &Path) -> Result<f64> {
+    let list = checks::xz_list(archive).map_err(anyhow::Error::msg)?;
+    let bytes = checks::parse_xz_memory(&list).context("xz --robot -lvv gave no summary line")?;
+    Ok(bytes as f64 / f64::from(1 << 20))
 }
 
 /// Archive sizes and generation times, headers only and with the
@@ -238,14 +237,9 @@ fn archives(on: &Built, arm: &Built, mainline: &Built, dir: &Path, figures: &mut
                 .against("headers only, same build", h_size)
                 .at_most(5.0),
         );
-        let memory = |a: &Path| -> Result<f64> {
-            let list = checks::xz_list(a).map_err(anyhow::Error::msg)?;
-            let bytes = checks::parse_xz_memory(&list).context("xz --robot -lvv gave no summary line")?;
-            Ok(bytes as f64 / f64::from(1 << 20))
-        };
         figures.push(
-            Figure::new("archive", format!("{arch} memory to decode the build's archive (xz --robot -lvv)"), memory(&b.archive)?, "MiB")
-                .against("mainline 6.12 x86_64", memory(&mainline.archive)?)
+            Figure::new("archive", format!("{arch} memory to decode the build's archive (xz --robot -lvv)"), decode_mib(&b.archive)?, "MiB")
+                .against("mainline 6.12 x86_64", decode_mib(&mainline.archive)?)
                 .at_most(9.0),
         );
         figures.push(Figure::new("archive", format!("{arch} generation time, with module-build files"), m_time, "s").against("headers only", h_time));

@@ -211,6 +211,14 @@ impl Build {
         Ok(parse_config(&std::fs::read_to_string(&probe)?))
     }
 
+    /// `touch .config`: newer than the configuration kbuild derived from
+    /// it, its bytes unchanged, so the next make runs syncconfig.
+    pub fn touch_config(&self) -> Result<()> {
+        let path = self.config_path();
+        let file = std::fs::File::options().append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        file.set_modified(std::time::SystemTime::now()).with_context(|| format!("cannot touch {}", path.display()))
+    }
+
     /// The headers archive the build makes.
     pub fn archive(&self) -> PathBuf {
         self.obj.join("kernel/kheaders_data.tar.xz")

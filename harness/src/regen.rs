@@ -142,7 +142,7 @@ pub fn run(cell: &Build, cell_archive: &Path, scratch: &Path, dir: &Path, limit:
 
     // syncconfig rewrites auto.conf and autoconf.h whenever .config is
     // newer, whatever changed.
-    s.touch_config()?;
+    s.build.touch_config()?;
     let (log, _) = s.generate("touched-config", OTHER_TIMESTAMP.0)?;
     if !record("touch .config with nothing changed regenerates nothing (K16)", not_generated(&log, "touch .config")) {
         return Ok(steps);
@@ -196,14 +196,6 @@ impl Scratch<'_> {
             Err(e) => return Err(e),
             Ok(_) => xz_limit_verdict(true, &text),
         })
-    }
-
-    /// `.config` made newer than the configuration kbuild derived from it,
-    /// its bytes unchanged.
-    fn touch_config(&self) -> Result<()> {
-        let path = self.build.obj.join(".config");
-        let file = std::fs::File::options().append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        file.set_modified(std::time::SystemTime::now()).with_context(|| format!("cannot touch {}", path.display()))
     }
 
     fn set_localversion(&self, v: &str) -> Result<()> {
