@@ -136,11 +136,23 @@ fn decode_memory_verdict(robot: &str) -> Verdict {
     }
 }
 
-/// No `Module.symvers`, and (with module-build artifacts) what
-/// `make M=` cannot do without.
+/// No `Module.symvers`, every device-tree binding an archived header
+/// includes, and (with module-build artifacts) what `make M=` cannot do
+/// without.
 pub fn contents(root: &Path, modbuild: bool) -> Verdict {
     if let Err(e) = contents::no_module_symvers(root) {
         return Verdict::Fail(e);
+    }
+    match contents::dangling_dt_bindings(root) {
+        (0, _) => return Verdict::Fail("no archived header includes a device-tree binding: nothing to check".into()),
+        (n, missing) if !missing.is_empty() => {
+            return Verdict::Fail(format!(
+                "{} of {n} device-tree bindings that archived headers include are not in the archive, e.g. {}",
+                missing.len(),
+                missing.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+            ))
+        }
+        _ => {}
     }
     if modbuild {
         let missing = contents::missing_modbuild_files(root);
@@ -622,7 +634,11 @@ mod tests {
     fn contents_and_corrupt_archives() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("root");
-        std::fs::create_dir(&root).unwrap();
+        std::fs::create_dir_all(root.join("include/dt-bindings")).unwrap();
+        assert!(matches!(contents(&root, false), Verdict::Fail(r) if r.contains("nothing to check")));
+        std::fs::write(root.join("include/leds.h"), "#include <dt-bindings/leds.h>\n").unwrap();
+        assert!(matches!(contents(&root, false), Verdict::Fail(r) if r.contains("include/leds.h -> include/dt-bindings/leds.h")));
+        std::fs::write(root.join("include/dt-bindings/leds.h"), "").unwrap();
         assert_eq!(contents(&root, false), Verdict::Pass);
         assert!(matches!(contents(&root, true), Verdict::Fail(r) if r.contains("scripts/mod/modpost")));
         std::fs::write(root.join("Module.symvers"), "").unwrap();
