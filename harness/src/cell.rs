@@ -13,7 +13,7 @@ use anyhow::Context;
 use crate::cache::{key, Cache};
 use crate::checks;
 use crate::kbuild::{self, Build};
-use crate::matrix::{BuildKind, Cell, Matrix, ModuleLoad};
+use crate::matrix::{BuildKind, Cell, Generator, Matrix, ModuleLoad};
 use crate::report::{cell_dir, CellReport, Check, Phase, Verdict};
 use crate::tree::{self, Source};
 use crate::vm::{Guest, Spec, Timeouts, VmError};
@@ -239,7 +239,11 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         })?;
     }
     if cell.regen {
-        run.phase("regen", |run| regen_checks(run, &cache, &tree, &build, &build_key, &artifacts, s))?;
+        run.phase("regen", |run| {
+            let scratch = tree.build_dir(&format!("{build_key}-regen"));
+            let passed = regen::passed_path(&cache.root().join("results"), &build_key);
+            regen_checks(run, &passed, &scratch, &build, cell.kernel.facts().generator, &artifacts, s)
+        })?;
     }
     let initrd = run.dir.join("initramfs.cpio");
     run.phase("image", |_| image::make(&project.images_dir(), cell.arch, artifacts.kheaders_ko.as_slice(), &[], &initrd).map_err(error))?;
@@ -353,18 +357,19 @@ fn noop_verdict(build: &Build, before: &checks::Snapshot, log: &Path, from: u64,
     Ok(checks::noop_rebuild(before, &after, &log_since(log, from), cell.patched))
 }
 
-/// The regen checks, or their passing outcome from the cache.
+/// The regen checks in the object tree `scratch`, or their passing outcome
+/// from the cache (`passed`). `generator` is how the series' generator is
+/// called.
 fn regen_checks(
     run: &mut Run,
-    cache: &Cache,
-    tree: &tree::Tree,
+    passed: &Path,
+    scratch: &Path,
     build: &Build,
-    build_key: &str,
+    generator: Generator,
     artifacts: &kbuild::Artifacts,
     s: &Settings,
 ) -> Result<(), Stop> {
-    let passed = regen::passed_path(&cache.root().join("results"), build_key);
-    if let Some(p) = regen::cached(&passed).filter(|_| !s.fresh) {
+    if let Some(p) = regen::cached(passed).filter(|_| !s.fresh) {
         let ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0).saturating_sub(p.at);
         tracing::info!(
             "{}: regen passed {} min ago with the same source, series, toolchain and config: not run again (KHTEST_FRESH=1 runs it)",
@@ -376,9 +381,8 @@ fn regen_checks(
         }
         return Ok(());
     }
-    let scratch = tree.build_dir(&format!("{build_key}-regen"));
-    let steps = regen::run(build, &artifacts.archive, &scratch, &run.dir, s.build_limit).map_err(build_stop)?;
-    regen::remember(&passed, &steps).map_err(error)?;
+    let steps = regen::run(build, generator, &artifacts.archive, scratch, &run.dir, s.build_limit).map_err(build_stop)?;
+    regen::remember(passed, &steps).map_err(error)?;
     for (name, v) in steps {
         run.check(name, v)?;
     }

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::key;
 use crate::kbuild::{Build, BUILD_TIMESTAMP};
+use crate::matrix::Generator;
 use crate::process::run_logged;
 use crate::report::Verdict;
 use crate::scratch;
@@ -84,6 +85,8 @@ pub fn remember(path: &Path, steps: &[Step]) -> Result<()> {
 
 struct Scratch<'a> {
     build: Build,
+    /// How the series' generator is called.
+    generator: Generator,
     /// The cell directory: step logs go there.
     dir: &'a Path,
     limit: Duration,
@@ -92,8 +95,8 @@ struct Scratch<'a> {
 /// Run every step against `scratch` (an object tree of `cell`'s source,
 /// made if missing) until one does not pass. `cell_archive` is the archive
 /// that `cell` built.
-pub fn run(cell: &Build, cell_archive: &Path, scratch: &Path, dir: &Path, limit: Duration) -> Result<Vec<Step>> {
-    let s = Scratch { build: Build { obj: scratch.to_owned(), ..cell.clone() }, dir, limit };
+pub fn run(cell: &Build, generator: Generator, cell_archive: &Path, scratch: &Path, dir: &Path, limit: Duration) -> Result<Vec<Step>> {
+    let s = Scratch { build: Build { obj: scratch.to_owned(), ..cell.clone() }, generator, dir, limit };
     s.reset(&cell.obj.join(".config"))?;
     let mut steps = Vec::new();
     let mut record = |name: &'static str, v: Verdict| {
@@ -210,11 +213,21 @@ impl Scratch<'_> {
     /// exist: it must fail, say which file, and leave no archive.
     fn generator_error(&self) -> Result<Verdict> {
         let work = tempfile::tempdir_in(&self.build.obj).context("cannot make a temporary directory in the scratch tree")?;
-        let list = work.path().join("list");
-        write(&list, "s include/linux/kernel.h\no include/generated/khtest-missing.h\n")?;
+        let (source, object) = ("include/linux/kernel.h", "include/generated/khtest-missing.h");
+        let lists = match self.generator {
+            Generator::ArchiveOfList => vec![(work.path().join("list"), format!("s {source}\no {object}\n"))],
+            Generator::Mainline => vec![
+                (work.path().join("srclist"), format!("{}\n", self.build.src.join(source).display())),
+                (work.path().join("objlist"), format!("{object}\n")),
+            ],
+        };
+        for (path, text) in &lists {
+            write(path, text)?;
+        }
+        let lists: Vec<PathBuf> = lists.into_iter().map(|(p, _)| p).collect();
         let out = work.path().join("out.tar.xz");
         let log = self.dir.join("regen-generator-error.log");
-        let status = run_logged(&mut self.generator(&list, &out), &log, self.limit)?;
+        let status = run_logged(&mut self.generator_command(&lists, &out), &log, self.limit)?;
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         Ok(generator_failed(status.success(), &text, out.exists(), "khtest-missing.h"))
     }
@@ -224,13 +237,17 @@ impl Scratch<'_> {
     /// started copying: it must leave none of its temporary files.
     fn interrupted_generator(&self) -> Result<Verdict> {
         let work = tempfile::tempdir_in(&self.build.obj).context("cannot make a temporary directory in the scratch tree")?;
-        let list = self.build.obj.join("kernel/kheaders.list");
+        let (lists, staging): (&[&str], _) = match self.generator {
+            Generator::ArchiveOfList => (&["kernel/kheaders.list"], ".tmp_kheaders"),
+            Generator::Mainline => (&["kernel/kheaders-srclist", "kernel/kheaders-objlist"], ".tmp_dir"),
+        };
+        let lists: Vec<PathBuf> = lists.iter().map(|l| self.build.obj.join(l)).collect();
         let out = work.path().join("out.tar.xz");
         let log = std::fs::File::create(self.dir.join("regen-interrupted.log"))?;
-        let mut cmd = self.generator(&list, &out);
+        let mut cmd = self.generator_command(&lists, &out);
         cmd.stdout(log.try_clone()?).stderr(log);
         let mut child = crate::process::spawn_group(&mut cmd).context("cannot start gen_kheaders.sh")?;
-        let staging = work.path().join(".tmp_kheaders");
+        let staging = work.path().join(staging);
         let started = crate::process::Deadline::after(Duration::from_secs(60));
         while !staging.exists() && !started.passed() && child.try_wait()?.is_none() {
             std::thread::sleep(Duration::from_millis(20));
@@ -239,22 +256,33 @@ impl Scratch<'_> {
         // SAFETY: kill(2) on the child's own process group.
         unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGINT) };
         let status = crate::process::wait_limited(child, self.limit)?;
-        let left: Vec<String> = std::fs::read_dir(work.path())?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        // Mainline's generator writes its dependency file first; make
+        // clean removes it with every other `.*.d`.
+        let depfile = ".out.tar.xz.d";
+        let left: Vec<String> =
+            std::fs::read_dir(work.path())?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != depfile).collect();
         Ok(interrupted_verdict(status.success(), &left))
     }
 
-    /// `gen_kheaders.sh archive <list> <out> <out>.d`, as kernel/Makefile
-    /// runs it in this object tree.
-    fn generator(&self, list: &Path, out: &Path) -> Command {
+    /// The generator on `lists` (see [`Generator`]), writing `out`, as
+    /// kernel/Makefile runs it in this object tree, with the host's tools.
+    fn generator_command(&self, lists: &[PathBuf], out: &Path) -> Command {
         let mut cmd = Command::new("sh");
-        cmd.arg(self.build.src.join("kernel/gen_kheaders.sh"))
-            .arg("archive")
-            .args([list, out, &out.with_extension("d")])
-            .current_dir(&self.build.obj)
+        cmd.arg(self.build.src.join("kernel/gen_kheaders.sh"));
+        match self.generator {
+            Generator::ArchiveOfList => cmd.arg("archive").args(lists).args([out, &out.with_extension("d")]),
+            Generator::Mainline => cmd.arg(out).args(lists).arg(""),
+        };
+        cmd.current_dir(&self.build.obj)
             .env("srctree", &self.build.src)
             .env("building_out_of_srctree", "1")
             .env("SRCARCH", self.build.arch.srcarch())
-            .env("XZ", "xz");
+            .env("XZ", "xz")
+            .env("TAR", "tar")
+            .env("CC", "cc")
+            .env("HOSTCC", "cc")
+            .env("STRIP", "strip")
+            .env("CONFIG_SHELL", "sh");
         cmd
     }
 }
@@ -440,6 +468,28 @@ pub fn generator_failed(succeeded: bool, output: &str, archive_written: bool, mi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_series_generator_gets_its_own_command_line() {
+        let build = Build {
+            arch: crate::matrix::Arch::X86_64,
+            src: "/src".into(),
+            obj: "/obj".into(),
+            kind: crate::matrix::BuildKind::OutOfTree,
+            ccache: None,
+        };
+        let args = |generator, lists: &[&str]| {
+            let s = Scratch { build: build.clone(), generator, dir: Path::new("/dir"), limit: Duration::from_secs(1) };
+            let lists: Vec<PathBuf> = lists.iter().map(PathBuf::from).collect();
+            let cmd = s.generator_command(&lists, Path::new("/w/out.tar.xz"));
+            cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>()
+        };
+        assert_eq!(args(Generator::Mainline, &["/o/src", "/o/obj"]), ["/src/kernel/gen_kheaders.sh", "/w/out.tar.xz", "/o/src", "/o/obj", ""]);
+        assert_eq!(
+            args(Generator::ArchiveOfList, &["/o/list"]),
+            ["/src/kernel/gen_kheaders.sh", "archive", "/o/list", "/w/out.tar.xz", "/w/out.tar.d"]
+        );
+    }
 
     #[test]
     fn an_interrupted_generator_must_stop_and_leave_nothing() {
