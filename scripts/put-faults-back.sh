@@ -24,7 +24,15 @@
 # longer excludes RANDSTRUCT: the seed could go into the archive),
 # touchconfig (auto.conf a prerequisite again: touch .config rebuilds the
 # archive) and tmpfiles (no INT trap: an interrupted generator leaves its
-# staging directory behind).
+# staging directory behind), and dtbindings (the generator drops every
+# device-tree binding, even those that archived headers include).
+#
+# The same faults put back into the 7.3 series (kernel/7.3/series), named
+# with a -v7_3 suffix and caught in the 7.3 cells: config-v7_3 (mainline's
+# own fault, fixed by the series' patch 1: the archive does not follow a
+# configuration change), tmpfiles-v7_3, touchconfig-v7_3, randstruct-v7_3,
+# xzmem-v7_3, adjust-v7_3, hostarch-v7_3 (arm64-y-o-v7_3), dtbindings-v7_3
+# and errors-v7_3 (mainline's copy through a pipe, which hides an error).
 #
 # Two more, not run unless named, break the build the plainest ways, to
 # show what a broken build's verdict quotes: cc (a compiler error in
@@ -44,14 +52,21 @@ set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${KHTEST_FAULTS_OUT:-$repo/target/khtest-faults}
 khtest=$repo/target/release/khtest
-faults=${*:-regen arch spdx symvers oot pristine errors xzmem adjust hostarch randstruct touchconfig tmpfiles}
+faults=${*:-regen arch spdx symvers oot pristine errors xzmem adjust hostarch randstruct touchconfig tmpfiles dtbindings \
+	config-v7_3 tmpfiles-v7_3 touchconfig-v7_3 randstruct-v7_3 xzmem-v7_3 adjust-v7_3 hostarch-v7_3 dtbindings-v7_3 errors-v7_3}
 
 cd "$repo"
 cargo build -q --release -p khtest
 mkdir -p "$out"
 
-# The patched tree the fault patches are made against.
-tree=$("$khtest" tree)
+# The kernel whose series a fault goes into.
+kernel_of()
+{
+	case $1 in
+	*-v7_3) echo 7.3 ;;
+	*) echo 6.12 ;;
+	esac
+}
 
 # fault_patch NAME FILE SED-EXPRESSION...: a patch changing FILE of the tree.
 fault_patch()
@@ -91,21 +106,36 @@ make_patch()
 		fault_patch pristine kernel/Makefile 's/^\(\t*     \$(obj)\/kheaders-config\) FORCE$/\1 Module.symvers FORCE/' ;;
 	errors)
 		fault_patch errors kernel/gen_kheaders.sh 's/cpio --quiet -pdmu "\${staging}"$/cpio --quiet -pdmu "${staging}" >\/dev\/null 2>\&1/' ;;
-	xzmem)
-		fault_patch xzmem kernel/gen_kheaders.sh 's/--lzma2=preset=6e,lc=4,pb=0/--lzma2=preset=9,lc=4,pb=0/' ;;
-	adjust)
-		fault_patch adjust kernel/gen_kheaders.sh 's/ --no-adjust \\$/ \\/' ;;
+	xzmem|xzmem-v7_3)
+		fault_patch "$1" kernel/gen_kheaders.sh 's/--lzma2=preset=6e,lc=4,pb=0/--lzma2=preset=9,lc=4,pb=0/' ;;
+	adjust|adjust-v7_3)
+		fault_patch "$1" kernel/gen_kheaders.sh 's/ --no-adjust \\$/ \\/' ;;
 	hostarch)
 		# The series without its patch 6: no rebuild, the host's strip.
 		fault_patch hostarch kernel/gen_kheaders.sh \
 			's/^\t   \[ "\${CC:-}" != "\${HOSTCC:-}" \]; then$/\t   false; then/' \
 			's/"\${STRIP:-strip}"/strip/g' ;;
-	randstruct)
-		fault_patch randstruct init/Kconfig '/^config IKHEADERS_MODBUILD$/,/^config /{/^\tdepends on !RANDSTRUCT$/d}' ;;
-	touchconfig)
-		fault_patch touchconfig kernel/Makefile 's/^\(\t*     \)\$(obj)\/kheaders-config FORCE$/\1include\/config\/auto.conf FORCE/' ;;
-	tmpfiles)
-		fault_patch tmpfiles kernel/gen_kheaders.sh "/^trap 'exit 130' INT$/d" ;;
+	randstruct|randstruct-v7_3)
+		fault_patch "$1" init/Kconfig '/^config IKHEADERS_MODBUILD$/,/^config /{/^\tdepends on !RANDSTRUCT$/d}' ;;
+	touchconfig|touchconfig-v7_3)
+		fault_patch "$1" kernel/Makefile 's/^\(\t*     \)\$(obj)\/kheaders-config FORCE$/\1include\/config\/auto.conf FORCE/' ;;
+	tmpfiles|tmpfiles-v7_3)
+		fault_patch "$1" kernel/gen_kheaders.sh "/^trap 'exit 130' INT$/d" ;;
+	config-v7_3)
+		fault_patch "$1" kernel/Makefile 's/^\(\t*     \)\$(obj)\/kheaders-config FORCE$/\1FORCE/' ;;
+	hostarch-v7_3)
+		fault_patch "$1" kernel/gen_kheaders.sh \
+			's/ && \[ "\${CC}" != "\${HOSTCC}" \]; then$/ \&\& false; then/' \
+			's/"\${STRIP}"/strip/g' ;;
+	dtbindings-v7_3)
+		fault_patch "$1" kernel/gen_kheaders.sh \
+			's/^\t\tfind dt-bindings ! -type d | sort | comm -23 - "\${keep}" |$/\t\tfind dt-bindings ! -type d |/' ;;
+	errors-v7_3)
+		fault_patch "$1" kernel/gen_kheaders.sh \
+			's/^\${TAR} -c -f "\${tmpdir}.copy.tar" -T "\${objlist}"$/${TAR} -c -f - -T "${objlist}" | ${TAR} -xf - -C "${tmpdir}"/' ;;
+	dtbindings)
+		fault_patch dtbindings kernel/gen_kheaders.sh \
+			's/^\t\tprune_dt_bindings "\${staging}"$/\t\trm -rf "${staging}\/include\/dt-bindings"/' ;;
 	cc)
 		fault_patch cc kernel/kheaders.c '/^static int __init ikheaders_init(void)$/,/^}$/s/^\tint ret;$/\tint ret/' ;;
 	ld)
@@ -123,12 +153,17 @@ cell_for()
 	case $1 in
 	pristine) echo x86_64-y-intree ;;
 	hostarch) echo arm64-y-o ;;
+	hostarch-v7_3) echo arm64-y-o-v7_3 ;;
+	*-v7_3) echo x86_64-y-o-v7_3 ;;
 	*) echo x86_64-y-o ;;
 	esac
 }
 
 status=0
 for f in $faults; do
+	kernel=$(kernel_of "$f")
+	# The patched tree the fault patch is made against.
+	tree=$("$khtest" tree --kernel "$kernel")
 	make_patch "$f"
 	if [ -n "${KHTEST_FAULTS_DRY:-}" ]; then
 		echo "$f: $out/$f.patch"
@@ -138,12 +173,13 @@ for f in $faults; do
 	rm -rf "$copy"
 	mkdir -p "$copy"
 	git archive HEAD | tar -x -C "$copy"
-	cp "$out/$f.patch" "$copy/kernel/6.12/9999-fault-$f.patch"
-	echo "9999-fault-$f.patch" >> "$copy/kernel/6.12/series"
+	cp "$out/$f.patch" "$copy/kernel/$kernel/9999-fault-$f.patch"
+	echo "9999-fault-$f.patch" >> "$copy/kernel/$kernel/series"
 	# Only these faults need the regen phase: spare the others it.
-	if [ "$f" != errors ] && [ "$f" != adjust ] && [ "$f" != touchconfig ] && [ "$f" != tmpfiles ]; then
-		sed -i 's/^    regen: true$/    regen: false/' "$copy/configs/matrix.yaml"
-	fi
+	case ${f%-v7_3} in
+	errors|adjust|touchconfig|tmpfiles|config) ;;
+	*) sed -i 's/^    regen: true$/    regen: false/' "$copy/configs/matrix.yaml" ;;
+	esac
 	cell=$(cell_for "$f")
 	if KHTEST_ROOT=$copy "$khtest" run "$cell" --out "$out/out-$f" > "$out/$f.log" 2>&1; then
 		echo "$f: NOT CAUGHT: $cell passed with the fault in (log: $out/$f.log)"
@@ -157,6 +193,6 @@ for f in $faults; do
 	fi
 	# The fault's kernel tree, with its object trees, serves no later run:
 	# about 2 GB each, which eleven faults would pile up in the cache.
-	rm -rf "$(KHTEST_ROOT=$copy "$khtest" tree)"
+	rm -rf "$(KHTEST_ROOT=$copy "$khtest" tree --kernel "$kernel")"
 done
 exit $status
