@@ -220,7 +220,7 @@ impl Scratch<'_> {
         let lists = match self.generator {
             Generator::ArchiveOfList => vec![(work.path().join("list"), format!("s {source}\no {object}\n"))],
             Generator::Mainline => vec![
-                (work.path().join("srclist"), format!("{}\n", self.build.src.join(source).display())),
+                (work.path().join("srclist"), format!("{}\n", self.srctree().join(source).display())),
                 (work.path().join("objlist"), format!("{object}\n")),
             ],
         };
@@ -256,6 +256,7 @@ impl Scratch<'_> {
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(300));
+        let running = child.try_wait()?.is_none();
         // SAFETY: kill(2) on the child's own process group.
         unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGINT) };
         let status = crate::process::wait_limited(child, self.limit)?;
@@ -264,7 +265,17 @@ impl Scratch<'_> {
         let depfile = ".out.tar.xz.d";
         let left: Vec<String> =
             std::fs::read_dir(work.path())?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != depfile).collect();
-        Ok(interrupted_verdict(status.success(), &left))
+        Ok(interrupted_verdict(running, status.success(), &left))
+    }
+
+    /// `$(srctree)` as kbuild sets it: `..` for an object tree right inside
+    /// the source tree. Mainline's source list starts every path with it.
+    fn srctree(&self) -> PathBuf {
+        if self.build.obj.parent() == Some(self.build.src.as_path()) {
+            PathBuf::from("..")
+        } else {
+            self.build.src.clone()
+        }
     }
 
     /// The generator on `lists` (see [`Generator`]), writing `out`, as
@@ -277,7 +288,7 @@ impl Scratch<'_> {
             Generator::Mainline => cmd.arg(out).args(lists).arg(""),
         };
         cmd.current_dir(&self.build.obj)
-            .env("srctree", &self.build.src)
+            .env("srctree", self.srctree())
             .env("building_out_of_srctree", "1")
             .env("SRCARCH", self.build.arch.srcarch())
             .env("XZ", "xz")
@@ -414,9 +425,13 @@ fn tree_differences(a: &Path, b: &Path) -> Result<Vec<String>> {
 
 /// The verdict on a regeneration under a memory limit lower than the
 /// archive's xz settings need: it must fail with xz's message.
-/// The verdict on an interrupted generator, from whether it still succeeded
-/// and what it left in its output directory.
-pub fn interrupted_verdict(succeeded: bool, left: &[String]) -> Verdict {
+/// The verdict on an interrupted generator, from whether it was still
+/// running when the signal was sent, whether it still succeeded and what it
+/// left in its output directory.
+pub fn interrupted_verdict(running: bool, succeeded: bool, left: &[String]) -> Verdict {
+    if !running {
+        return Verdict::Error("the generator had ended before the interrupt was sent (see regen-interrupted.log): the check proves nothing".into());
+    }
     if succeeded {
         return Verdict::Error("the generator finished before the interrupt reached it: the check proves nothing".into());
     }
@@ -498,10 +513,12 @@ mod tests {
 
     #[test]
     fn an_interrupted_generator_must_stop_and_leave_nothing() {
-        assert_eq!(interrupted_verdict(false, &[]), Verdict::Pass);
-        let v = interrupted_verdict(false, &[".tmp_kheaders".into(), "out.tar.xz.tmp".into()]);
+        assert_eq!(interrupted_verdict(true, false, &[]), Verdict::Pass);
+        let v = interrupted_verdict(true, false, &[".tmp_kheaders".into(), "out.tar.xz.tmp".into()]);
         assert!(matches!(&v, Verdict::Fail(m) if m.contains(".tmp_kheaders, out.tar.xz.tmp")), "{v:?}");
-        assert!(matches!(interrupted_verdict(true, &[]), Verdict::Error(_)), "a run the signal missed proves nothing");
+        assert!(matches!(interrupted_verdict(true, true, &[]), Verdict::Error(_)), "a run the signal missed proves nothing");
+        // It failed on its own, before the signal: nothing was interrupted.
+        assert!(matches!(interrupted_verdict(false, false, &[]), Verdict::Error(_)), "a run that ended first proves nothing");
     }
 
     #[test]
