@@ -46,7 +46,7 @@
 # Each run builds a kernel, mostly from ccache once the series' own cells
 # have been built (2 to 3 min with the cell's device phase; the errors,
 # adjust, touchconfig, tmpfiles and config runs also drive the regen phase,
-# about 5 min each): about 70 min for all twenty-four. Results:
+# about 5 min each): about 85 min for all twenty-four. Results:
 # target/khtest-faults/.
 # The sed expressions below quote make and shell text literally:
 # shellcheck disable=SC2016
