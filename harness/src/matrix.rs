@@ -64,9 +64,27 @@ pub enum Generator {
     /// (object tree) lines; it stages in `.tmp_kheaders` beside `<out>`.
     ArchiveOfList,
     /// Mainline's, since 6.17: `gen_kheaders.sh <out> <srclist> <objlist>
-    /// <timestamp>`, the source list with absolute paths; it stages in
-    /// `.tmp_dir` beside `<out>`.
+    /// <timestamp>`, every line of the source list starting with
+    /// `$(srctree)`; it stages in `.tmp_dir` beside `<out>`.
     Mainline,
+}
+
+impl Generator {
+    /// The lists kbuild makes for it, in its object tree.
+    pub fn lists(self) -> &'static [&'static str] {
+        match self {
+            Generator::ArchiveOfList => &["kernel/kheaders.list"],
+            Generator::Mainline => &["kernel/kheaders-srclist", "kernel/kheaders-objlist"],
+        }
+    }
+
+    /// The directory it stages the archive's files in, beside `<out>`.
+    pub fn staging_dir(self) -> &'static str {
+        match self {
+            Generator::ArchiveOfList => ".tmp_kheaders",
+            Generator::Mainline => ".tmp_dir",
+        }
+    }
 }
 
 const V6_12: KernelFacts = KernelFacts {

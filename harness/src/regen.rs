@@ -240,17 +240,13 @@ impl Scratch<'_> {
     /// started copying: it must leave none of its temporary files.
     fn interrupted_generator(&self) -> Result<Verdict> {
         let work = tempfile::tempdir_in(&self.build.obj).context("cannot make a temporary directory in the scratch tree")?;
-        let (lists, staging): (&[&str], _) = match self.generator {
-            Generator::ArchiveOfList => (&["kernel/kheaders.list"], ".tmp_kheaders"),
-            Generator::Mainline => (&["kernel/kheaders-srclist", "kernel/kheaders-objlist"], ".tmp_dir"),
-        };
-        let lists: Vec<PathBuf> = lists.iter().map(|l| self.build.obj.join(l)).collect();
+        let lists: Vec<PathBuf> = self.generator.lists().iter().map(|l| self.build.obj.join(l)).collect();
         let out = work.path().join("out.tar.xz");
         let log = std::fs::File::create(self.dir.join("regen-interrupted.log"))?;
         let mut cmd = self.generator_command(&lists, &out);
         cmd.stdout(log.try_clone()?).stderr(log);
         let mut child = crate::process::spawn_group(&mut cmd).context("cannot start gen_kheaders.sh")?;
-        let staging = work.path().join(staging);
+        let staging = work.path().join(self.generator.staging_dir());
         let started = crate::process::Deadline::after(Duration::from_secs(60));
         while !staging.exists() && !started.passed() && child.try_wait()?.is_none() {
             std::thread::sleep(Duration::from_millis(20));
@@ -262,9 +258,9 @@ impl Scratch<'_> {
         let status = crate::process::wait_limited(child, self.limit)?;
         // Mainline's generator writes its dependency file first; make
         // clean removes it with every other `.*.d`.
-        let depfile = ".out.tar.xz.d";
+        let depfile = format!(".{}.d", out.file_name().unwrap_or_default().to_string_lossy());
         let left: Vec<String> =
-            std::fs::read_dir(work.path())?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != depfile).collect();
+            std::fs::read_dir(work.path())?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| *n != depfile).collect();
         Ok(interrupted_verdict(running, status.success(), &left))
     }
 
