@@ -16,7 +16,7 @@ use crate::kbuild::{self, Build, BUILD_TIMESTAMP};
 use crate::matrix::{BuildKind, Cell, Kernel, Kheaders, Matrix};
 use crate::process::run_logged;
 use crate::vm::{Guest, Spec};
-use crate::{checks, image, Project};
+use crate::{checks, image, regen, Project};
 
 /// One measured figure.
 #[derive(Debug, Clone, Serialize)]
@@ -104,10 +104,12 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
         touched_config(kernel, b, noop_off, s, &dir, &mut figures)?;
     }
     progress("bench: archive sizes and generation times");
-    archives(&on, &arm, &mainline, &dir, &mut figures)?;
-    for (arch, b) in [("x86_64", &x86_73), ("arm64", &arm_73)] {
-        built_archive("7.3", arch, b, &mut figures)?;
-    }
+    archives(
+        &[("6.12", "x86_64", &on), ("6.12", "arm64", &arm), ("7.3", "x86_64", &x86_73), ("7.3", "arm64", &arm_73)],
+        &mainline,
+        &dir,
+        &mut figures,
+    )?;
     progress("bench: extraction, liblzma + tar crate vs tar -xJf");
     extraction(&on, opts, &dir, &mut figures)?;
     progress("bench: bare boots and verdicts of one cell, taking turns");
@@ -205,17 +207,6 @@ fn touched_config(kernel: &str, b: &Built, noop_off: f64, s: &Settings, dir: &Pa
     Ok(())
 }
 
-/// The size and decode memory of the archive a cell's build made.
-fn built_archive(kernel: &str, arch: &str, b: &Built, figures: &mut Vec<Figure>) -> Result<()> {
-    let size = std::fs::metadata(&b.archive)?.len() as f64 / 1e6;
-    figures.push(Figure::new("archive", format!("{kernel} {arch} series, with module-build files (the build's archive)"), size, "MB").at_most(5.0));
-    figures.push(
-        Figure::new("archive", format!("{kernel} {arch} memory to decode the build's archive (xz --robot -lvv)"), decode_mib(&b.archive)?, "MiB")
-            .at_most(9.0),
-    );
-    Ok(())
-}
-
 /// The memory `xz --robot -lvv` says decoding `archive` needs, in MiB.
 fn decode_mib(archive: &Path) -> Result<f64> {
     let list = checks::xz_list(archive).map_err(anyhow::Error::msg)?;
@@ -223,26 +214,38 @@ fn decode_mib(archive: &Path) -> Result<f64> {
     Ok(bytes as f64 / f64::from(1 << 20))
 }
 
-/// Archive sizes and generation times, headers only and with the
-/// module-build files, against mainline's.
-fn archives(on: &Built, arm: &Built, mainline: &Built, dir: &Path, figures: &mut Vec<Figure>) -> Result<()> {
+/// Archive sizes and decode memory of the builds' archives on both kernels,
+/// against headers only from the same lists and mainline's; and the
+/// generation time, with and without the module-build files.
+fn archives(builds: &[(&str, &str, &Built)], mainline: &Built, dir: &Path, figures: &mut Vec<Figure>) -> Result<()> {
     let mainline_size = std::fs::metadata(&mainline.archive)?.len() as f64 / 1e6;
+    let mainline_mib = decode_mib(&mainline.archive)?;
     figures.push(Figure::new("archive", "x86_64 mainline 6.12 (headers only, as Debian ships it)", mainline_size, "MB"));
-    for (arch, b) in [("x86_64", on), ("arm64", arm)] {
-        let (h_size, h_time) = generate(&b.build, "headers", dir)?;
-        let (m_size, m_time) = generate(&b.build, "modbuild", dir)?;
-        figures.push(Figure::new("archive", format!("{arch} series, headers only"), h_size, "MB").against("mainline 6.12 x86_64", mainline_size));
+    for &(kernel, arch, b) in builds {
+        let size = std::fs::metadata(&b.archive)?.len() as f64 / 1e6;
+        let (h_size, h_time) = generate(&b.build, false, dir)?;
         figures.push(
-            Figure::new("archive", format!("{arch} series, with module-build files"), m_size, "MB")
+            Figure::new("archive", format!("{kernel} {arch} series, headers only"), h_size, "MB").against("mainline 6.12 x86_64", mainline_size),
+        );
+        figures.push(
+            Figure::new("archive", format!("{kernel} {arch} series, with module-build files (the build's archive)"), size, "MB")
                 .against("headers only, same build", h_size)
                 .at_most(5.0),
         );
         figures.push(
-            Figure::new("archive", format!("{arch} memory to decode the build's archive (xz --robot -lvv)"), decode_mib(&b.archive)?, "MiB")
-                .against("mainline 6.12 x86_64", decode_mib(&mainline.archive)?)
+            Figure::new("archive", format!("{kernel} {arch} memory to decode the build's archive (xz --robot -lvv)"), decode_mib(&b.archive)?, "MiB")
+                .against("mainline 6.12 x86_64", mainline_mib)
                 .at_most(9.0),
         );
-        figures.push(Figure::new("archive", format!("{arch} generation time, with module-build files"), m_time, "s").against("headers only", h_time));
+        // By hand, the generator runs the host's compiler: only where the
+        // build did too is its time the build's.
+        if b.build.arch.is_host() {
+            let (_, m_time) = generate(&b.build, true, dir)?;
+            figures.push(
+                Figure::new("archive", format!("{kernel} {arch} generation time, with module-build files"), m_time, "s")
+                    .against("headers only", h_time),
+            );
+        }
     }
     Ok(())
 }
@@ -427,40 +430,46 @@ fn whole_matrix(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options
     Ok(())
 }
 
-/// Run the series' generator by hand in `build`'s object tree for one list
-/// kind: the archive's size (MB) and the generation time (s).
-fn generate(build: &Build, kind: &str, dir: &Path) -> Result<(f64, f64)> {
-    let script = build.src.join("kernel/gen_kheaders.sh");
-    let work = tempfile::tempdir_in(dir)?;
-    let list = work.path().join("list");
-    let out = work.path().join("kheaders.tar.xz");
-    let env = |cmd: &mut Command| {
-        cmd.current_dir(&build.obj)
-            .env("srctree", &build.src)
-            .env("building_out_of_srctree", "1")
-            .env("SRCARCH", build.arch.srcarch())
-            .env("XZ", "xz");
-    };
-    let mut ls = Command::new("sh");
-    ls.arg(&script).args(["list", kind]);
-    env(&mut ls);
-    let text = crate::process::output_limited(&mut ls, Duration::from_secs(300)).context("cannot run gen_kheaders.sh list")?;
-    if !text.status.success() {
-        bail!("gen_kheaders.sh list {kind} failed: {}", String::from_utf8_lossy(&text.stderr));
+/// Run the series' generator by hand in `build`'s object tree on the lists
+/// kbuild made, or (`!modbuild`) on their headers under `include/`: the
+/// archive's size (MB) and the generation time (s).
+fn generate(build: &Build, modbuild: bool, dir: &Path) -> Result<(f64, f64)> {
+    let work = tempfile::tempdir_in(&build.obj)?;
+    let mut lists = regen::generator_lists(build);
+    if !modbuild {
+        for list in &mut lists {
+            let text = std::fs::read_to_string(&*list).with_context(|| format!("cannot read {}", list.display()))?;
+            let filtered = work.path().join(list.file_name().unwrap_or_default());
+            std::fs::write(&filtered, headers_only(&text, &regen::srctree(build), build.arch.srcarch()))?;
+            *list = filtered;
+        }
     }
-    std::fs::write(&list, &text.stdout)?;
+    let out = work.path().join("kheaders.tar.xz");
+    let kind = if modbuild { "modbuild" } else { "headers" };
     let log = dir.join(format!("generate-{kind}.log"));
     let secs = timed(|| {
-        let mut cmd = Command::new("sh");
-        cmd.arg(&script).arg("archive").args([&list, &out, &work.path().join("dep")]).arg(BUILD_TIMESTAMP.0);
-        env(&mut cmd);
-        let st = run_logged(&mut cmd, &log, Duration::from_secs(600))?;
+        let st = run_logged(&mut regen::generator_command(build, &lists, &out, BUILD_TIMESTAMP.0), &log, Duration::from_secs(600))?;
         if !st.success() {
-            bail!("gen_kheaders.sh archive failed ({st}); see {}", log.display());
+            bail!("gen_kheaders.sh failed ({st}); see {}", log.display());
         }
         Ok(())
     })?;
     Ok((std::fs::metadata(&out)?.len() as f64 / 1e6, secs))
+}
+
+/// The lines of a generator list that name a header under `include/` or
+/// `arch/<srcarch>/include/`, once `srctree/` is taken off: what mainline
+/// archives.
+fn headers_only(list: &str, srctree: &Path, srcarch: &str) -> String {
+    let prefix = format!("{}/", srctree.display());
+    let arch = format!("arch/{srcarch}/include/");
+    list.lines()
+        .filter(|l| {
+            let path = l.strip_prefix(&prefix).unwrap_or(l);
+            path.ends_with(".h") && (path.starts_with("include/") || path.starts_with(&arch))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 fn sync() {
@@ -515,6 +524,15 @@ pub fn markdown(figures: &[Figure]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_only_keeps_what_mainline_archives() {
+        let src = "/s/include/linux/a.h\n/s/arch/x86/include/asm/b.h\n/s/arch/arm64/include/asm/c.h\n\
+                   /s/scripts/mod/d.h\n/s/tools/include/e.h\n/s/include/linux/f.c\n/s/Makefile\n";
+        assert_eq!(headers_only(src, Path::new("/s"), "x86"), "/s/include/linux/a.h\n/s/arch/x86/include/asm/b.h\n");
+        let obj = "include/generated/autoconf.h\ninclude/config/auto.conf\nscripts/mod/elfconfig.h\n";
+        assert_eq!(headers_only(obj, Path::new("/s"), "x86"), "include/generated/autoconf.h\n");
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {

@@ -13,7 +13,7 @@ use anyhow::Context;
 use crate::cache::{key, Cache};
 use crate::checks;
 use crate::kbuild::{self, Build};
-use crate::matrix::{BuildKind, Cell, Generator, Matrix, ModuleLoad};
+use crate::matrix::{BuildKind, Cell, Matrix, ModuleLoad};
 use crate::report::{cell_dir, CellReport, Check, Phase, Verdict};
 use crate::tree::{self, Source};
 use crate::vm::{Guest, Spec, Timeouts, VmError};
@@ -242,7 +242,7 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
         run.phase("regen", |run| {
             let scratch = tree.build_dir(&format!("{build_key}-regen"));
             let passed = regen::passed_path(&cache.root().join("results"), &build_key);
-            regen_checks(run, &passed, &scratch, &build, cell.kernel.facts().generator, &artifacts, s)
+            regen_checks(run, &passed, &scratch, &build, &artifacts, s)
         })?;
     }
     let initrd = run.dir.join("initramfs.cpio");
@@ -358,17 +358,8 @@ fn noop_verdict(build: &Build, before: &checks::Snapshot, log: &Path, from: u64,
 }
 
 /// The regen checks in the object tree `scratch`, or their passing outcome
-/// from the cache (`passed`). `generator` is how the series' generator is
-/// called.
-fn regen_checks(
-    run: &mut Run,
-    passed: &Path,
-    scratch: &Path,
-    build: &Build,
-    generator: Generator,
-    artifacts: &kbuild::Artifacts,
-    s: &Settings,
-) -> Result<(), Stop> {
+/// from the cache (`passed`).
+fn regen_checks(run: &mut Run, passed: &Path, scratch: &Path, build: &Build, artifacts: &kbuild::Artifacts, s: &Settings) -> Result<(), Stop> {
     if let Some(p) = regen::cached(passed).filter(|_| !s.fresh) {
         let ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0).saturating_sub(p.at);
         tracing::info!(
@@ -381,7 +372,7 @@ fn regen_checks(
         }
         return Ok(());
     }
-    let steps = regen::run(build, generator, &artifacts.archive, scratch, &run.dir, s.build_limit).map_err(build_stop)?;
+    let steps = regen::run(build, &artifacts.archive, scratch, &run.dir, s.build_limit).map_err(build_stop)?;
     regen::remember(passed, &steps).map_err(error)?;
     for (name, v) in steps {
         run.check(name, v)?;

@@ -51,57 +51,12 @@ pub struct KernelFacts {
     /// The apt suite that has the package, when the host's sources do not
     /// (a private sources list fetches it; the host's apt is not changed).
     pub suite: Option<&'static str>,
-    /// How its series' `kernel/gen_kheaders.sh` is called.
-    pub generator: Generator,
 }
 
-/// The command line of `kernel/gen_kheaders.sh`, which differs between the
-/// series.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Generator {
-    /// This project's 6.12 series: `gen_kheaders.sh archive <list> <out>
-    /// <depfile>`, one list of `s <path>` (source tree) and `o <path>`
-    /// (object tree) lines; it stages in `.tmp_kheaders` beside `<out>`.
-    ArchiveOfList,
-    /// Mainline's, since 6.17: `gen_kheaders.sh <out> <srclist> <objlist>
-    /// <timestamp>`, every line of the source list starting with
-    /// `$(srctree)`; it stages in `.tmp_dir` beside `<out>`.
-    Mainline,
-}
+const V6_12: KernelFacts = KernelFacts { version: "6.12", package: "linux-source-6.12", tarball: "/usr/src/linux-source-6.12.tar.xz", suite: None };
 
-impl Generator {
-    /// The lists kbuild makes for it, in its object tree.
-    pub fn lists(self) -> &'static [&'static str] {
-        match self {
-            Generator::ArchiveOfList => &["kernel/kheaders.list"],
-            Generator::Mainline => &["kernel/kheaders-srclist", "kernel/kheaders-objlist"],
-        }
-    }
-
-    /// The directory it stages the archive's files in, beside `<out>`.
-    pub fn staging_dir(self) -> &'static str {
-        match self {
-            Generator::ArchiveOfList => ".tmp_kheaders",
-            Generator::Mainline => ".tmp_dir",
-        }
-    }
-}
-
-const V6_12: KernelFacts = KernelFacts {
-    version: "6.12",
-    package: "linux-source-6.12",
-    tarball: "/usr/src/linux-source-6.12.tar.xz",
-    suite: None,
-    generator: Generator::ArchiveOfList,
-};
-
-const V7_3: KernelFacts = KernelFacts {
-    version: "7.3",
-    package: "linux-source-7.3",
-    tarball: "/usr/src/linux-source-7.3.tar.xz",
-    suite: Some("trixie-backports"),
-    generator: Generator::Mainline,
-};
+const V7_3: KernelFacts =
+    KernelFacts { version: "7.3", package: "linux-source-7.3", tarball: "/usr/src/linux-source-7.3.tar.xz", suite: Some("trixie-backports") };
 
 impl Kernel {
     pub const ALL: [Kernel; 2] = [Kernel::V6_12, Kernel::V7_3];

@@ -28,7 +28,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::key;
 use crate::kbuild::{Build, BUILD_TIMESTAMP};
-use crate::matrix::Generator;
 use crate::process::run_logged;
 use crate::report::Verdict;
 use crate::scratch;
@@ -88,8 +87,6 @@ pub fn remember(path: &Path, steps: &[Step]) -> Result<()> {
 
 struct Scratch<'a> {
     build: Build,
-    /// How the series' generator is called.
-    generator: Generator,
     /// The cell directory: step logs go there.
     dir: &'a Path,
     limit: Duration,
@@ -98,8 +95,8 @@ struct Scratch<'a> {
 /// Run every step against `scratch` (an object tree of `cell`'s source,
 /// made if missing) until one does not pass. `cell_archive` is the archive
 /// that `cell` built.
-pub fn run(cell: &Build, generator: Generator, cell_archive: &Path, scratch: &Path, dir: &Path, limit: Duration) -> Result<Vec<Step>> {
-    let s = Scratch { build: Build { obj: scratch.to_owned(), ..cell.clone() }, generator, dir, limit };
+pub fn run(cell: &Build, cell_archive: &Path, scratch: &Path, dir: &Path, limit: Duration) -> Result<Vec<Step>> {
+    let s = Scratch { build: Build { obj: scratch.to_owned(), ..cell.clone() }, dir, limit };
     s.reset(&cell.obj.join(".config"))?;
     let mut steps = Vec::new();
     let mut record = |name: &'static str, v: Verdict| {
@@ -217,20 +214,17 @@ impl Scratch<'_> {
     fn generator_error(&self) -> Result<Verdict> {
         let work = tempfile::tempdir_in(&self.build.obj).context("cannot make a temporary directory in the scratch tree")?;
         let (source, object) = ("include/linux/kernel.h", "include/generated/khtest-missing.h");
-        let lists = match self.generator {
-            Generator::ArchiveOfList => vec![(work.path().join("list"), format!("s {source}\no {object}\n"))],
-            Generator::Mainline => vec![
-                (work.path().join("srclist"), format!("{}\n", self.srctree().join(source).display())),
-                (work.path().join("objlist"), format!("{object}\n")),
-            ],
-        };
+        let lists = [
+            (work.path().join("srclist"), format!("{}\n", srctree(&self.build).join(source).display())),
+            (work.path().join("objlist"), format!("{object}\n")),
+        ];
         for (path, text) in &lists {
             write(path, text)?;
         }
         let lists: Vec<PathBuf> = lists.into_iter().map(|(p, _)| p).collect();
         let out = work.path().join("out.tar.xz");
         let log = self.dir.join("regen-generator-error.log");
-        let status = run_logged(&mut self.generator_command(&lists, &out), &log, self.limit)?;
+        let status = run_logged(&mut generator_command(&self.build, &lists, &out, ""), &log, self.limit)?;
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         Ok(generator_failed(status.success(), &text, out.exists(), "khtest-missing.h"))
     }
@@ -240,13 +234,13 @@ impl Scratch<'_> {
     /// started copying: it must leave none of its temporary files.
     fn interrupted_generator(&self) -> Result<Verdict> {
         let work = tempfile::tempdir_in(&self.build.obj).context("cannot make a temporary directory in the scratch tree")?;
-        let lists: Vec<PathBuf> = self.generator.lists().iter().map(|l| self.build.obj.join(l)).collect();
+        let lists = generator_lists(&self.build);
         let out = work.path().join("out.tar.xz");
         let log = std::fs::File::create(self.dir.join("regen-interrupted.log"))?;
-        let mut cmd = self.generator_command(&lists, &out);
+        let mut cmd = generator_command(&self.build, &lists, &out, "");
         cmd.stdout(log.try_clone()?).stderr(log);
         let mut child = crate::process::spawn_group(&mut cmd).context("cannot start gen_kheaders.sh")?;
-        let staging = work.path().join(self.generator.staging_dir());
+        let staging = work.path().join(GENERATOR_STAGING_DIR);
         let started = crate::process::Deadline::after(Duration::from_secs(60));
         while !staging.exists() && !started.passed() && child.try_wait()?.is_none() {
             std::thread::sleep(Duration::from_millis(20));
@@ -256,45 +250,52 @@ impl Scratch<'_> {
         // SAFETY: kill(2) on the child's own process group.
         unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGINT) };
         let status = crate::process::wait_limited(child, self.limit)?;
-        // Mainline's generator writes its dependency file first; make
+        // The generator writes its dependency file first; make
         // clean removes it with every other `.*.d`.
         let depfile = format!(".{}.d", out.file_name().unwrap_or_default().to_string_lossy());
         let left: Vec<String> =
             std::fs::read_dir(work.path())?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| *n != depfile).collect();
         Ok(interrupted_verdict(running, status.success(), &left))
     }
+}
 
-    /// `$(srctree)` as kbuild sets it: `..` for an object tree right inside
-    /// the source tree. Mainline's source list starts every path with it.
-    fn srctree(&self) -> PathBuf {
-        if self.build.obj.parent() == Some(self.build.src.as_path()) {
-            PathBuf::from("..")
-        } else {
-            self.build.src.clone()
-        }
-    }
+/// The lists kbuild makes for `kernel/gen_kheaders.sh` in `build`'s object
+/// tree: the source-tree files (each starting with `$(srctree)`), then the
+/// object-tree files. Both series use mainline's generator (6.17 onwards),
+/// the 6.12 one as a backport.
+pub fn generator_lists(build: &Build) -> Vec<PathBuf> {
+    ["kernel/kheaders-srclist", "kernel/kheaders-objlist"].iter().map(|l| build.obj.join(l)).collect()
+}
 
-    /// The generator on `lists` (see [`Generator`]), writing `out`, as
-    /// kernel/Makefile runs it in this object tree, with the host's tools.
-    fn generator_command(&self, lists: &[PathBuf], out: &Path) -> Command {
-        let mut cmd = Command::new("sh");
-        cmd.arg(self.build.src.join("kernel/gen_kheaders.sh"));
-        match self.generator {
-            Generator::ArchiveOfList => cmd.arg("archive").args(lists).args([out, &out.with_extension("d")]),
-            Generator::Mainline => cmd.arg(out).args(lists).arg(""),
-        };
-        cmd.current_dir(&self.build.obj)
-            .env("srctree", self.srctree())
-            .env("building_out_of_srctree", "1")
-            .env("SRCARCH", self.build.arch.srcarch())
-            .env("XZ", "xz")
-            .env("TAR", "tar")
-            .env("CC", "cc")
-            .env("HOSTCC", "cc")
-            .env("STRIP", "strip")
-            .env("CONFIG_SHELL", "sh");
-        cmd
+/// The directory the generator stages the archive's files in, beside its
+/// output.
+const GENERATOR_STAGING_DIR: &str = ".tmp_dir";
+
+/// `$(srctree)` as kbuild sets it: `..` for an object tree right inside
+/// the source tree. The source list starts every path with it.
+pub fn srctree(build: &Build) -> PathBuf {
+    if build.obj.parent() == Some(build.src.as_path()) {
+        PathBuf::from("..")
+    } else {
+        build.src.clone()
     }
+}
+
+/// `gen_kheaders.sh <out> <srclist> <objlist> <timestamp>` as
+/// kernel/Makefile runs it in `build`'s object tree, with the host's tools.
+pub fn generator_command(build: &Build, lists: &[PathBuf], out: &Path, timestamp: &str) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg(build.src.join("kernel/gen_kheaders.sh")).arg(out).args(lists).arg(timestamp);
+    cmd.current_dir(&build.obj)
+        .env("srctree", srctree(build))
+        .env("SRCARCH", build.arch.srcarch())
+        .env("XZ", "xz")
+        .env("TAR", "tar")
+        .env("CC", "cc")
+        .env("HOSTCC", "cc")
+        .env("STRIP", "strip")
+        .env("CONFIG_SHELL", "sh");
+    cmd
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
@@ -486,25 +487,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_series_generator_gets_its_own_command_line() {
-        let build = Build {
+    fn the_generator_runs_as_kbuild_runs_it() {
+        let build = |obj: &str| Build {
             arch: crate::matrix::Arch::X86_64,
             src: "/src".into(),
-            obj: "/obj".into(),
+            obj: obj.into(),
             kind: crate::matrix::BuildKind::OutOfTree,
             ccache: None,
         };
-        let args = |generator, lists: &[&str]| {
-            let s = Scratch { build: build.clone(), generator, dir: Path::new("/dir"), limit: Duration::from_secs(1) };
-            let lists: Vec<PathBuf> = lists.iter().map(PathBuf::from).collect();
-            let cmd = s.generator_command(&lists, Path::new("/w/out.tar.xz"));
-            cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>()
+        let lists = generator_lists(&build("/obj"));
+        assert_eq!(lists, [PathBuf::from("/obj/kernel/kheaders-srclist"), PathBuf::from("/obj/kernel/kheaders-objlist")]);
+        let cmd = generator_command(&build("/obj"), &lists, Path::new("/w/out.tar.xz"), "@0");
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(args, ["/src/kernel/gen_kheaders.sh", "/w/out.tar.xz", "/obj/kernel/kheaders-srclist", "/obj/kernel/kheaders-objlist", "@0"]);
+        assert_eq!(cmd.get_current_dir(), Some(Path::new("/obj")));
+        let srctree = |obj: &str| {
+            let cmd = generator_command(&build(obj), &lists, Path::new("/w/out.tar.xz"), "");
+            cmd.get_envs().find(|(k, _)| *k == "srctree").and_then(|(_, v)| v).map(|v| v.to_string_lossy().into_owned())
         };
-        assert_eq!(args(Generator::Mainline, &["/o/src", "/o/obj"]), ["/src/kernel/gen_kheaders.sh", "/w/out.tar.xz", "/o/src", "/o/obj", ""]);
-        assert_eq!(
-            args(Generator::ArchiveOfList, &["/o/list"]),
-            ["/src/kernel/gen_kheaders.sh", "archive", "/o/list", "/w/out.tar.xz", "/w/out.tar.d"]
-        );
+        // kbuild's own choice, which the source list's lines start with.
+        assert_eq!(srctree("/obj").as_deref(), Some("/src"));
+        assert_eq!(srctree("/src/build").as_deref(), Some(".."));
     }
 
     #[test]
