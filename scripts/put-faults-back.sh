@@ -1,8 +1,7 @@
 #!/bin/sh
 # Put each fault of the 2019 review back, one at a time, as an extra patch
 # on top of the 6.12 series (kernel/6.12/series), and run the cell that must
-# catch it. Every run
-# must end red; the summary says which phase and check caught each fault.
+# catch it. Every run must end red; the summary says which phase and check caught each fault.
 #
 #   scripts/put-faults-back.sh [FAULT...]
 #
@@ -12,7 +11,8 @@
 # $(SRCARCH)), spdx (SPDX lines stripped), symvers (modpost not told that
 # Module.symvers is missing), oot (object-tree files not archived: O=
 # breaks), pristine (Module.symvers archived and a prerequisite: the
-# pristine-tree cycle), errors (the generator's cpio errors discarded).
+# pristine-tree cycle), errors (a copy error hidden: mainline's copy down a
+# pipe, the 2019 review's discarded cpio errors again).
 #
 # Two faults of the second review (K17), run by default too: xzmem (xz -9's
 # 64 MiB dictionary, 65 MiB to decode) and adjust (no --no-adjust: a low
@@ -27,14 +27,13 @@
 # staging directory behind), dtbindings (the generator drops every
 # device-tree binding, even those that archived headers include) and config
 # (the archive no longer depends on kernel/kheaders-config, so a
-# configuration change that only autoconf.h shows keeps the old one).
+# configuration change that only autoconf.h shows keeps the old one:
+# mainline's own fault, which both series' patch 2 fixes).
 #
-# The same faults put back into the 7.3 series (kernel/7.3/series), named
-# with a -v7_3 suffix and caught in the 7.3 cells: config-v7_3 (mainline's
-# own fault, fixed by the series' patch 1: the archive does not follow a
-# configuration change), tmpfiles-v7_3, touchconfig-v7_3, randstruct-v7_3,
-# xzmem-v7_3, adjust-v7_3, hostarch-v7_3 (arm64-y-o-v7_3), dtbindings-v7_3
-# and errors-v7_3 (mainline's copy through a pipe, which hides an error).
+# Any fault with a -v7_3 suffix goes into the 7.3 series (kernel/7.3/series)
+# instead, and is caught in the 7.3 cells. Run by default: config-v7_3,
+# tmpfiles-v7_3, touchconfig-v7_3, randstruct-v7_3, xzmem-v7_3, adjust-v7_3,
+# hostarch-v7_3 (arm64-y-o-v7_3), dtbindings-v7_3 and errors-v7_3.
 #
 # Two more, not run unless named, break the build the plainest ways, to
 # show what a broken build's verdict quotes: cc (a compiler error in
@@ -56,7 +55,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${KHTEST_FAULTS_OUT:-$repo/target/khtest-faults}
 khtest=$repo/target/release/khtest
 faults=${*:-regen arch spdx symvers oot pristine errors xzmem adjust hostarch randstruct touchconfig tmpfiles dtbindings config \
-	config-v7_3 tmpfiles-v7_3 touchconfig-v7_3 randstruct-v7_3 xzmem-v7_3 adjust-v7_3 hostarch-v7_3 dtbindings-v7_3 errors-v7_3}
+	config-v7_3 tmpfiles-v7_3 touchconfig-v7_3 randstruct-v7_3 xzmem-v7_3 adjust-v7_3 hostarch-v7_3 dtbindings-v7_3 errors-v7_3 \
+	symvers-v7_3}
 
 cd "$repo"
 cargo build -q --release -p khtest
@@ -88,61 +88,57 @@ fault_patch()
 	rm -f "$out/new"
 }
 
+# Both series carry the same generator and kbuild rules (6.12's on a
+# backport of mainline's), so one expression serves both; "-v7_3" only says
+# which series and cells.
 make_patch()
 {
 	rm -f "$out/$1.patch"
-	case $1 in
+	case ${1%-v7_3} in
 	regen)
-		fault_patch regen kernel/Makefile 's/\$(call if_changed_rule,kheaders_data)/$(call cmd,kheaders_data)/' ;;
+		fault_patch "$1" kernel/Makefile 's/\$(call if_changed_rule,kheaders_data)/$(call cmd,kheaders_data)/' ;;
 	arch)
-		fault_patch arch kernel/gen_kheaders.sh 's/arch\/\${SRCARCH}/arch\/${ARCH}/g' ;;
+		fault_patch "$1" kernel/Makefile 's/"arch\/\$(SRCARCH)\/include"/"arch\/$(ARCH)\/include"/g' ;;
 	spdx)
-		fault_patch spdx kernel/gen_kheaders.sh 's/s\/\\\/\\\*((?!SPDX)\.)\*?\\\*\\\/\/\/smg;/s\/\\\/\\*.*?\\*\\\/\/\/smg;/' ;;
+		fault_patch "$1" kernel/gen_kheaders.sh 's/s\/\\\/\\\*((?!SPDX)\.)\*?\\\*\\\/\/\/smg;/s\/\\\/\\*.*?\\*\\\/\/\/smg;/' ;;
 	symvers)
-		fault_patch symvers scripts/Makefile.modpost '/^ifneq (\$(wildcard include\/config\/kheaders-archive),)$/,/^endif$/d' ;;
+		fault_patch "$1" scripts/Makefile.modpost \
+			'/^ifneq (\$(wildcard \(\$(objtree)\/\)\{0,1\}include\/config\/kheaders-archive),)$/,/^endif$/d' ;;
 	oot)
-		fault_patch oot kernel/gen_kheaders.sh \
-			's/if \[ -n "\${building_out_of_srctree:-}" \] \&\& \[ -d "\${d}" \]; then/if false; then/' \
-			's/^\tfind "arch\/\${SRCARCH}\/include\/generated" include\/generated \\$/\tfalse \&\& find "arch\/${SRCARCH}\/include\/generated" include\/generated \\/' ;;
+		fault_patch "$1" kernel/gen_kheaders.sh \
+			's/^\${TAR} -c -f "\${tmpdir}.copy.tar" -T "\${objlist}"$/${TAR} -c -f "${tmpdir}.copy.tar" -T \/dev\/null/' ;;
 	pristine)
-		fault_patch pristine kernel/gen_kheaders.sh 's/^\techo include\/config\/kernel.release$/\techo include\/config\/kernel.release\n\techo Module.symvers/'
-		fault_patch pristine kernel/Makefile 's/^\(\t*     \$(obj)\/kheaders-config\) FORCE$/\1 Module.symvers FORCE/' ;;
+		fault_patch "$1" kernel/Makefile \
+			's/^\techo include\/config\/kernel.release; \\$/\techo include\/config\/kernel.release; \\\n\techo Module.symvers; \\/' \
+			's/^\(\t*     \$(obj)\/kheaders-config\) FORCE$/\1 Module.symvers FORCE/' ;;
 	errors)
-		fault_patch errors kernel/gen_kheaders.sh 's/cpio --quiet -pdmu "\${staging}"$/cpio --quiet -pdmu "${staging}" >\/dev\/null 2>\&1/' ;;
-	xzmem|xzmem-v7_3)
+		fault_patch "$1" kernel/gen_kheaders.sh \
+			's/^\${TAR} -c -f "\${tmpdir}.copy.tar" -T "\${objlist}"$/${TAR} -c -f - -T "${objlist}" | ${TAR} -xf - -C "${tmpdir}"/' ;;
+	xzmem)
 		fault_patch "$1" kernel/gen_kheaders.sh 's/--lzma2=preset=6e,lc=4,pb=0/--lzma2=preset=9,lc=4,pb=0/' ;;
-	adjust|adjust-v7_3)
+	adjust)
 		fault_patch "$1" kernel/gen_kheaders.sh 's/ --no-adjust \\$/ \\/' ;;
 	hostarch)
-		# The series without its patch 6: no rebuild, the host's strip.
-		fault_patch hostarch kernel/gen_kheaders.sh \
-			's/^\t   \[ "\${CC:-}" != "\${HOSTCC:-}" \]; then$/\t   false; then/' \
-			's/"\${STRIP:-strip}"/strip/g' ;;
-	randstruct|randstruct-v7_3)
-		fault_patch "$1" init/Kconfig '/^config IKHEADERS_MODBUILD$/,/^config /{/^\tdepends on !RANDSTRUCT$/d}' ;;
-	touchconfig|touchconfig-v7_3)
-		fault_patch "$1" kernel/Makefile 's/^\(\t*     \)\$(obj)\/kheaders-config FORCE$/\1include\/config\/auto.conf FORCE/' ;;
-	tmpfiles|tmpfiles-v7_3)
-		fault_patch "$1" kernel/gen_kheaders.sh "/^trap 'exit 130' INT$/d" ;;
-	config|config-v7_3)
-		fault_patch "$1" kernel/Makefile 's/^\(\t*     \)\$(obj)\/kheaders-config FORCE$/\1FORCE/' ;;
-	hostarch-v7_3)
+		# The series without its patch that rebuilds the host programs
+		# for the target: no rebuild, the host's strip.
 		fault_patch "$1" kernel/gen_kheaders.sh \
 			's/ && \[ "\${CC}" != "\${HOSTCC}" \]; then$/ \&\& false; then/' \
 			's/"\${STRIP}"/strip/g' ;;
-	dtbindings-v7_3)
+	randstruct)
+		fault_patch "$1" init/Kconfig '/^config IKHEADERS_MODBUILD$/,/^config /{/^\tdepends on !RANDSTRUCT$/d}' ;;
+	touchconfig)
+		fault_patch "$1" kernel/Makefile 's/^\(\t*     \)\$(obj)\/kheaders-config FORCE$/\1include\/config\/auto.conf FORCE/' ;;
+	tmpfiles)
+		fault_patch "$1" kernel/gen_kheaders.sh "/^trap 'exit 130' INT$/d" ;;
+	config)
+		fault_patch "$1" kernel/Makefile 's/^\(\t*     \)\$(obj)\/kheaders-config FORCE$/\1FORCE/' ;;
+	dtbindings)
 		fault_patch "$1" kernel/gen_kheaders.sh \
 			's/^\t\tfind dt-bindings ! -type d | sort | comm -23 - "\${keep}" |$/\t\tfind dt-bindings ! -type d |/' ;;
-	errors-v7_3)
-		fault_patch "$1" kernel/gen_kheaders.sh \
-			's/^\${TAR} -c -f "\${tmpdir}.copy.tar" -T "\${objlist}"$/${TAR} -c -f - -T "${objlist}" | ${TAR} -xf - -C "${tmpdir}"/' ;;
-	dtbindings)
-		fault_patch dtbindings kernel/gen_kheaders.sh \
-			's/^\t\tprune_dt_bindings "\${staging}"$/\t\trm -rf "${staging}\/include\/dt-bindings"/' ;;
 	cc)
-		fault_patch cc kernel/kheaders.c '/^static int __init ikheaders_init(void)$/,/^}$/s/^\tint ret;$/\tint ret/' ;;
+		fault_patch "$1" kernel/kheaders.c '/^static int __init ikheaders_init(void)$/,/^}$/s/^\tint ret;$/\tint ret/' ;;
 	ld)
-		fault_patch ld kernel/kheaders.c \
+		fault_patch "$1" kernel/kheaders.c \
 			'/^static int __init ikheaders_init(void)$/,/^}$/s/^\tint ret;$/\tint ret;\n\textern int khtest_undefined(void);\n\n\tkhtest_undefined();/' ;;
 	*)
 		echo "put-faults-back: unknown fault $1" >&2
