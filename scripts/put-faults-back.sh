@@ -105,8 +105,10 @@ make_patch()
 		fault_patch "$1" scripts/Makefile.modpost \
 			'/^ifneq (\$(wildcard \(\$(objtree)\/\)\{0,1\}include\/config\/kheaders-archive),)$/,/^endif$/d' ;;
 	oot)
+		# The object tree's generated headers left out, as when the
+		# 2019 generator only looked in the source tree.
 		fault_patch "$1" kernel/gen_kheaders.sh \
-			's/^\${TAR} -c -f "\${tmpdir}.copy.tar" -T "\${objlist}"$/${TAR} -c -f "${tmpdir}.copy.tar" -T \/dev\/null/' ;;
+			's/^\${TAR} -c -f "\${tmpdir}.copy.tar" -T "\${objlist}"$/grep -v "\/generated\/" "${objlist}" | ${TAR} -c -f "${tmpdir}.copy.tar" -T -/' ;;
 	pristine)
 		fault_patch "$1" kernel/Makefile \
 			's/^\techo include\/config\/kernel.release; \\$/\techo include\/config\/kernel.release; \\\n\techo Module.symvers; \\/' \
