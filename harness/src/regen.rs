@@ -1,10 +1,12 @@
-//! The archive's build rules (K6, K7, K9), driven in a scratch object tree
+//! The archive's build rules (K6, K7, K9, K16, K17), driven in a scratch object tree
 //! beside the cell's build, so that the cell's own tree stays as built:
 //!
 //! - a second, independent build of the archive gives the same bytes (K9);
 //! - adding a header, changing it again at once, changing
 //!   `KBUILD_BUILD_TIMESTAMP`, changing the configuration and removing the
 //!   header each regenerate the archive, which then shows the change (K6);
+//! - a newer generator script regenerates it, and `touch .config` with
+//!   nothing changed does not (K16);
 //! - the generator prints nothing of its own when it works, and an error of
 //!   its copy step fails it with a message naming the file (K7);
 //! - a lower memory limit for xz in `XZ_DEFAULTS` fails the generator,
@@ -157,6 +159,10 @@ pub fn run(cell: &Build, cell_archive: &Path, scratch: &Path, dir: &Path, limit:
         return Ok(steps);
     }
 
+    if !record("a newer gen_kheaders.sh regenerates the archive (K16)", s.edited_generator()?) {
+        return Ok(steps);
+    }
+
     if !record("a copy error fails the generator, naming the file (K7)", s.generator_error()?) {
         return Ok(steps);
     }
@@ -207,6 +213,31 @@ impl Scratch<'_> {
         let mut out: String = text.lines().filter(|l| !l.starts_with(&format!("{name}="))).map(|l| format!("{l}\n")).collect();
         out.push_str(&format!("{name}=\"{value}\"\n"));
         write(&path, &out)
+    }
+
+    /// Make the generator script newer, as an edit does: make must
+    /// regenerate the archive. The script is in the source tree that
+    /// every cell of this kernel shares, so only its mtime changes, and
+    /// goes back at once: another build of this tree in between would at
+    /// worst regenerate its archive once.
+    fn edited_generator(&self) -> Result<Verdict> {
+        let script = self.build.src.join("kernel/gen_kheaders.sh");
+        // Opened for writing only while its time is set: make cannot run a
+        // file that is open for writing (ETXTBSY).
+        let set_mtime = |t: std::time::SystemTime| -> Result<()> {
+            let file = std::fs::File::options().write(true).open(&script).with_context(|| format!("cannot open {}", script.display()))?;
+            file.set_modified(t).with_context(|| format!("cannot set the mtime of {}", script.display()))
+        };
+        let was = std::fs::metadata(&script).and_then(|m| m.modified()).with_context(|| format!("cannot stat {}", script.display()))?;
+        set_mtime(std::time::SystemTime::now())?;
+        let outcome = self.generate("edited-generator", OTHER_TIMESTAMP.0);
+        set_mtime(was)?;
+        let (log, _) = outcome?;
+        Ok(if generated(&log) {
+            Verdict::Pass
+        } else {
+            Verdict::Fail("a newer gen_kheaders.sh did not regenerate the archive (no GEN line): the script is not its prerequisite".into())
+        })
     }
 
     /// Run the generator by hand on a list naming a file that does not
