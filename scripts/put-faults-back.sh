@@ -1,7 +1,8 @@
 #!/bin/sh
 # Put each fault of the 2019 review back, one at a time, as an extra patch
 # on top of the 6.12 series (kernel/6.12/series), and run the cell that must
-# catch it. Every run must end red; the summary says which phase and check caught each fault.
+# catch it. Every run must end red; the summary says which phase and check
+# caught each fault.
 #
 #   scripts/put-faults-back.sh [FAULT...]
 #
@@ -35,7 +36,8 @@
 # Any fault with a -v7_3 suffix goes into the 7.3 series (kernel/7.3/series)
 # instead, and is caught in the 7.3 cells. Run by default: config-v7_3,
 # tmpfiles-v7_3, touchconfig-v7_3, randstruct-v7_3, xzmem-v7_3, adjust-v7_3,
-# hostarch-v7_3 (arm64-y-o-v7_3), dtbindings-v7_3 and errors-v7_3.
+# hostarch-v7_3 (arm64-y-o-v7_3), dtbindings-v7_3, errors-v7_3 and
+# symvers-v7_3 (the series' Makefile.modpost differ).
 #
 # Two more, not run unless named, break the build the plainest ways, to
 # show what a broken build's verdict quotes: cc (a compiler error in
