@@ -5,8 +5,9 @@
 //! - adding a header, changing it again at once, changing
 //!   `KBUILD_BUILD_TIMESTAMP`, changing the configuration and removing the
 //!   header each regenerate the archive, which then shows the change (K6);
-//! - a newer generator script regenerates it, and `touch .config` with
-//!   nothing changed does not (K16);
+//! - a newer generator script regenerates it; `touch .config` with
+//!   nothing changed does not, nor do files that another target (such as
+//!   `scripts_gdb`) writes into the object tree's `scripts/` (K16);
 //! - the generator prints nothing of its own when it works, and an error of
 //!   its copy step fails it with a message naming the file (K7);
 //! - a lower memory limit for xz in `XZ_DEFAULTS` fails the generator,
@@ -39,6 +40,10 @@ const OTHER_TIMESTAMP: (&str, u64) = ("Mon Nov 18 00:00:00 UTC 2024", 1_731_888_
 
 /// An object-tree header that both archive modes list (`include/generated`).
 const PROBE: &str = "include/generated/khtest-probe.h";
+
+/// What the stray-scripts step writes into the object tree, where
+/// `scripts_gdb` writes (a file, then a symlink): names no kernel uses.
+const STRAY_SCRIPTS: [&str; 2] = ["scripts/gdb/linux/khtest-constants.py", "scripts/gdb/linux/khtest-utils.py"];
 
 /// What the config step sets, and finds again in the archived `autoconf.h`:
 /// an option that changes no other archived file (`LOCALVERSION` would
@@ -153,6 +158,10 @@ pub fn run(cell: &Build, cell_archive: &Path, scratch: &Path, dir: &Path, limit:
         return Ok(steps);
     }
 
+    if !record("files another target writes into scripts/ regenerate nothing (K16)", s.stray_scripts()?) {
+        return Ok(steps);
+    }
+
     std::fs::remove_file(scratch.join(PROBE)).with_context(|| format!("cannot remove {PROBE}"))?;
     let (log, archive) = s.generate("removed-header", OTHER_TIMESTAMP.0)?;
     if !record("a removed header leaves the archive (K6)", regenerated(dir, &log, &archive, |a| probe_is(a, None))?) {
@@ -176,6 +185,7 @@ impl Scratch<'_> {
         let obj = &self.build.obj;
         std::fs::create_dir_all(obj).with_context(|| format!("cannot create {}", obj.display()))?;
         let _ = std::fs::remove_file(obj.join(PROBE));
+        remove_stray_scripts(obj);
         let want = std::fs::read(config).with_context(|| format!("cannot read {}", config.display()))?;
         // Only when it differs: a rewritten .config makes kbuild run
         // syncconfig again.
@@ -238,6 +248,25 @@ impl Scratch<'_> {
         } else {
             Verdict::Fail("a newer gen_kheaders.sh did not regenerate the archive (no GEN line): the script is not its prerequisite".into())
         })
+    }
+
+    /// Write into the object tree's scripts/ what `scripts_gdb` writes
+    /// there (a generated `constants.py`, and in O= builds absolute
+    /// symlinks to the source tree's scripts), as if it had run after the
+    /// archive's list was made: the next make must regenerate nothing. A
+    /// list that finds the files of scripts/ rather than naming them would
+    /// change, and the archive would hold whatever another target had
+    /// written by then.
+    fn stray_scripts(&self) -> Result<Verdict> {
+        let obj = &self.build.obj;
+        let (file, link) = (obj.join(STRAY_SCRIPTS[0]), obj.join(STRAY_SCRIPTS[1]));
+        write(&file, "# a khtest stand-in for scripts_gdb's output\n")?;
+        let target = self.build.src.join("scripts/gdb/linux/utils.py");
+        std::os::unix::fs::symlink(&target, &link).with_context(|| format!("cannot link {} to {}", link.display(), target.display()))?;
+        let outcome = self.generate("stray-scripts", OTHER_TIMESTAMP.0);
+        remove_stray_scripts(obj);
+        let (log, _) = outcome?;
+        Ok(not_generated(&log, "a file written into scripts/ after the list was made"))
     }
 
     /// Run the generator by hand on a list naming a file that does not
@@ -327,6 +356,17 @@ pub fn generator_command(build: &Build, lists: &[PathBuf], out: &Path, timestamp
         .env("STRIP", "strip")
         .env("CONFIG_SHELL", "sh");
     cmd
+}
+
+/// Remove the stray-scripts step's files, and the directories it made if
+/// they are left empty (a GDB_SCRIPTS build has its own files there).
+fn remove_stray_scripts(obj: &Path) {
+    for f in STRAY_SCRIPTS {
+        let _ = std::fs::remove_file(obj.join(f));
+    }
+    for d in ["scripts/gdb/linux", "scripts/gdb"] {
+        let _ = std::fs::remove_dir(obj.join(d));
+    }
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
