@@ -24,20 +24,22 @@
 # and modpost, caught in arm64-y-o), randstruct (IKHEADERS_MODBUILD no
 # longer excludes RANDSTRUCT: the seed could go into the archive),
 # touchconfig (auto.conf a prerequisite again: touch .config rebuilds the
-# archive) and tmpfiles (no INT trap: an interrupted generator leaves its
+# archive), tmpfiles (no INT trap: an interrupted generator leaves its
 # staging directory behind), dtbindings (the generator drops every
-# device-tree binding, even those that archived headers include) and config
+# device-tree binding, even those that archived headers include), config
 # (the archive no longer depends on kernel/kheaders-config, so a
 # configuration change that only autoconf.h shows keeps the old one:
-# mainline's own fault, which both series' patch 2 fixes) and script (the
+# mainline's own fault, which both series' patch 2 fixes), script (the
 # generator not a prerequisite of the archive, as before mainline's
-# 626c54af3576: an edit to it keeps the old archive).
+# 626c54af3576: an edit to it keeps the old archive) and snapshot (the
+# object tree's scripts/ found rather than named, so what scripts_gdb writes
+# there after the list was made changes it and regenerates the archive).
 #
 # Any fault with a -v7_3 suffix goes into the 7.3 series (kernel/7.3/series)
 # instead, and is caught in the 7.3 cells. Run by default: config-v7_3,
 # tmpfiles-v7_3, touchconfig-v7_3, randstruct-v7_3, xzmem-v7_3, adjust-v7_3,
-# hostarch-v7_3 (arm64-y-o-v7_3), dtbindings-v7_3, errors-v7_3 and
-# symvers-v7_3 (the series' Makefile.modpost differ).
+# hostarch-v7_3 (arm64-y-o-v7_3), dtbindings-v7_3, errors-v7_3,
+# symvers-v7_3 (the series' Makefile.modpost differ) and snapshot-v7_3.
 #
 # Two more, not run unless named, break the build the plainest ways, to
 # show what a broken build's verdict quotes: cc (a compiler error in
@@ -48,8 +50,9 @@
 #
 # Each run builds a kernel, mostly from ccache once the series' own cells
 # have been built (2 to 3 min with the cell's device phase; the errors,
-# adjust, touchconfig, tmpfiles, config and script runs also drive the regen
-# phase, about 5 min each): about 75 min for all twenty-six. Results:
+# adjust, touchconfig, tmpfiles, config, script and snapshot runs also
+# drive the regen phase, about 5 min each): about 85 min for all
+# twenty-eight. Results:
 # target/khtest-faults/.
 # The sed expressions below quote make and shell text literally:
 # shellcheck disable=SC2016
@@ -58,9 +61,9 @@ set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${KHTEST_FAULTS_OUT:-$repo/target/khtest-faults}
 khtest=$repo/target/release/khtest
-faults=${*:-regen arch spdx symvers oot pristine errors xzmem adjust hostarch randstruct touchconfig tmpfiles dtbindings config script \
+faults=${*:-regen arch spdx symvers oot pristine errors xzmem adjust hostarch randstruct touchconfig tmpfiles dtbindings config script snapshot \
 	config-v7_3 tmpfiles-v7_3 touchconfig-v7_3 randstruct-v7_3 xzmem-v7_3 adjust-v7_3 hostarch-v7_3 dtbindings-v7_3 errors-v7_3 \
-	symvers-v7_3}
+	symvers-v7_3 snapshot-v7_3}
 
 cd "$repo"
 cargo build -q --release -p khtest
@@ -144,6 +147,13 @@ make_patch()
 		fault_patch "$1" kernel/Makefile \
 			's/^\$(obj)\/kheaders_data.tar.xz: \$(src)\/gen_kheaders.sh /$(obj)\/kheaders_data.tar.xz: /' \
 			's/cmd_kheaders_data = "\$<"/cmd_kheaders_data = "$(src)\/gen_kheaders.sh"/' ;;
+	snapshot)
+		# The object tree's scripts/ found, not named: the list is
+		# whatever other targets (scripts_gdb) have written there by
+		# then, as the 2019 series' list was.
+		fault_patch "$1" kernel/Makefile \
+			'/^\techo scripts\/\(basic\/fixdep\|mod\/modpost\|mod\/elfconfig\.h\|mod\/devicetable-offsets\.h\); \\$/d' \
+			's/^\techo scripts\/module\.lds$/\tfind scripts -name kconfig -prune -o ! -name ".*" ! -name "*.[cos]" \\( -type f -o -type l \\) -print/' ;;
 	dtbindings)
 		fault_patch "$1" kernel/gen_kheaders.sh \
 			's/^\t\tfind dt-bindings ! -type d | sort | comm -23 - "\${keep}" |$/\t\tfind dt-bindings ! -type d |/' ;;
@@ -188,7 +198,7 @@ for f in $faults; do
 	echo "9999-fault-$f.patch" >> "$copy/kernel/$kernel/series"
 	# Only these faults need the regen phase: spare the others it.
 	case ${f%-v7_3} in
-	errors|adjust|touchconfig|tmpfiles|config|script) ;;
+	errors|adjust|touchconfig|tmpfiles|config|script|snapshot) ;;
 	*) sed -i 's/^    regen: true$/    regen: false/' "$copy/configs/matrix.yaml" ;;
 	esac
 	cell=$(cell_for "$f")
