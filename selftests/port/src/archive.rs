@@ -7,6 +7,11 @@
 //! unpacked cleanly. Nothing half-extracted is ever left where a caller could
 //! use it.
 //!
+//! Memory and disk stay bounded whatever the archive says ([`Limits`]): an
+//! xz dictionary larger than any xz preset's is refused before decoding, and
+//! so is an archive that unpacks to more than a kheaders archive ever could
+//! (a long name or an entry read into memory counts too).
+//!
 //! [`extract_file_over`] unpacks over an earlier extraction instead, keeping
 //! its files (and so their inodes) where the archive has them too: on ext4
 //! without a journal, each new file scans past every inode freed in the
@@ -29,10 +34,27 @@ pub struct Extracted {
     pub bytes: u64,
 }
 
+/// How much an archive may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest xz dictionary accepted: the decoder allocates it.
+    pub dict_bytes: u64,
+    /// The most the tar stream may hold once decompressed.
+    pub unpacked_bytes: u64,
+}
+
+impl Limits {
+    /// `xz -9`'s 64 MiB dictionary (the kheaders archive uses 8 MiB), and
+    /// 256 MiB of tar: a kheaders archive unpacks to about 35 MB.
+    pub const DEFAULT: Limits = Limits { dict_bytes: 64 << 20, unpacked_bytes: 256 << 20 };
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     #[error("the archive is corrupt or truncated (not valid xz or tar): {0}")]
     Corrupt(String),
+    #[error("the archive is refused, nothing extracted: {0}")]
+    TooLarge(String),
     #[error("the archive is empty: it has no entries")]
     Empty,
     #[error(
@@ -75,22 +97,87 @@ pub fn extract_file_over(archive: &Path, dest: &Path) -> Result<Extracted, Archi
 /// Another thread decompresses, so that decoding overlaps with creating
 /// the files, as with `tar -xJf`, where xz is a second process.
 pub fn extract(xz: impl Read + Send, dest: &Path) -> Result<Extracted, ArchiveError> {
-    decoded(xz, |tar| unpack(tar, dest, false))
+    extract_limited(xz, dest, false, Limits::DEFAULT)
 }
 
 /// [`extract`] over an earlier extraction, as [`extract_file_over`].
 pub fn extract_over(xz: impl Read + Send, dest: &Path) -> Result<Extracted, ArchiveError> {
-    decoded(xz, |tar| unpack(tar, dest, true))
+    extract_limited(xz, dest, true, Limits::DEFAULT)
 }
 
-fn decoded<T>(xz: impl Read + Send, f: impl FnOnce(Chunks) -> T) -> T {
+/// [`extract`] (or, `over`, [`extract_over`]) within `limits`.
+pub fn extract_limited(xz: impl Read + Send, dest: &Path, over: bool, limits: Limits) -> Result<Extracted, ArchiveError> {
+    let (head, xz) = first_bytes(xz).map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+    if let Some(dict) = first_dict_size(&head) {
+        if dict > limits.dict_bytes {
+            return Err(ArchiveError::TooLarge(format!(
+                "its xz dictionary is {} MiB, and at most {} MiB is accepted (xz -9 uses 64 MiB, the kheaders archive 8 MiB)",
+                dict >> 20,
+                limits.dict_bytes >> 20
+            )));
+        }
+    }
+    let xz = std::io::Cursor::new(head).chain(xz);
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
         scope.spawn(move || decode(lzma_rust2::XzReader::new(xz, true), &tx));
         // `rx` goes with the unpacker: if it stops early, the decoder's
         // next send fails and its thread ends.
-        f(Chunks { rx, chunk: Vec::new(), pos: 0 })
+        let over_limit = std::sync::atomic::AtomicBool::new(false);
+        let chunks = Chunks { rx, chunk: Vec::new(), pos: 0, left: limits.unpacked_bytes, over_limit: &over_limit };
+        unpack(chunks, dest, over, limits.unpacked_bytes, &over_limit)
     })
+}
+
+/// The xz stream header and first block header: at most 12 + 1024 bytes.
+const HEAD: usize = 12 + 1024;
+
+/// Read up to [`HEAD`] bytes (fewer only at the end of the stream), and
+/// give back the stream with them taken.
+fn first_bytes<R: Read>(mut xz: R) -> std::io::Result<(Vec<u8>, R)> {
+    let mut head = Vec::with_capacity(HEAD);
+    (&mut xz).take(HEAD as u64).read_to_end(&mut head)?;
+    Ok((head, xz))
+}
+
+/// The LZMA2 dictionary size that the first block of an xz stream asks
+/// for, if `head` starts one (the kheaders archive has one block; a later
+/// block's dictionary fills only as far as the unpacked-bytes limit lets
+/// it).
+pub fn first_dict_size(head: &[u8]) -> Option<u64> {
+    const MAGIC: &[u8] = b"\xfd7zXZ\0";
+    const LZMA2: u64 = 0x21;
+    if !head.starts_with(MAGIC) {
+        return None;
+    }
+    let block = head.get(12..)?;
+    let header_len = (*block.first()? as usize + 1) * 4;
+    // 0 is the index: a stream without blocks.
+    if block[0] == 0 || block.len() < header_len {
+        return None;
+    }
+    let flags = block[1];
+    let mut at = 2;
+    // Compressed and uncompressed sizes, when present.
+    if flags & 0x40 != 0 {
+        varint(block, &mut at)?;
+    }
+    if flags & 0x80 != 0 {
+        varint(block, &mut at)?;
+    }
+    for _ in 0..=(flags & 3) {
+        let (id, props) = (varint(block, &mut at)?, varint(block, &mut at)?);
+        if id == LZMA2 && props == 1 {
+            let p = *block.get(at)?;
+            return match p {
+                0..=39 => Some((2 | u64::from(p & 1)) << (p / 2 + 11)),
+                40 => Some(u64::from(u32::MAX)),
+                _ => None,
+            };
+        }
+        at += props as usize;
+    }
+    None
 }
 
 /// Decompressed data, a chunk at a time, or the error that ended it.
@@ -117,14 +204,31 @@ fn decode(mut reader: impl Read, tx: &std::sync::mpsc::SyncSender<Chunk>) {
     }
 }
 
-/// The receiving end of [`decode`], as a reader.
-struct Chunks {
+/// xz's variable-length integer at `bytes[*at..]`; `at` moves past it.
+fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for i in 0..9 {
+        let b = *bytes.get(*at)?;
+        *at += 1;
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The receiving end of [`decode`], as a reader, that gives at most `left`
+/// more bytes and then fails, setting `over_limit`.
+struct Chunks<'a> {
     rx: std::sync::mpsc::Receiver<Chunk>,
     chunk: Vec<u8>,
     pos: usize,
+    left: u64,
+    over_limit: &'a std::sync::atomic::AtomicBool,
 }
 
-impl Read for Chunks {
+impl Read for Chunks<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.chunk.len() {
             match self.rx.recv() {
@@ -137,6 +241,11 @@ impl Read for Chunks {
             }
         }
         let n = out.len().min(self.chunk.len() - self.pos);
+        if n as u64 > self.left {
+            self.over_limit.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(std::io::Error::other("the unpacked-bytes limit is reached"));
+        }
+        self.left -= n as u64;
         out[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
@@ -144,8 +253,9 @@ impl Read for Chunks {
 }
 
 /// Unpack a tar stream into `dest`, which must not exist yet unless `over`
-/// (then it may hold an earlier extraction, whose files are reused).
-fn unpack(stream: impl Read, dest: &Path, over: bool) -> Result<Extracted, ArchiveError> {
+/// (then it may hold an earlier extraction, whose files are reused). The
+/// stream sets `over_limit` when it gives up at `limit` bytes.
+fn unpack(stream: impl Read, dest: &Path, over: bool, limit: u64, over_limit: &std::sync::atomic::AtomicBool) -> Result<Extracted, ArchiveError> {
     let earlier = std::fs::symlink_metadata(dest).ok();
     if earlier.as_ref().is_some_and(|m| !over || !m.is_dir()) {
         return Err(ArchiveError::Io {
@@ -176,9 +286,15 @@ fn unpack(stream: impl Read, dest: &Path, over: bool) -> Result<Extracted, Archi
 
     let mut out = Extracted { root: dest.to_owned(), files: 0, dirs: 0, symlinks: 0, bytes: 0 };
     let mut unsafe_entries = Vec::new();
-    let corrupt = |e: std::io::Error| ArchiveError::Corrupt(e.to_string());
+    let too_large = || ArchiveError::TooLarge(format!("it unpacks to more than {} MiB (a kheaders archive unpacks to about 35 MB)", limit >> 20));
+    // A read that failed at the limit is not corruption.
+    let stream_error = |what: String| if over_limit.load(std::sync::atomic::Ordering::Relaxed) { too_large() } else { ArchiveError::Corrupt(what) };
+    let corrupt = |e: std::io::Error| stream_error(e.to_string());
     for entry in tar.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
+        if entry.size() > limit {
+            return Err(too_large());
+        }
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let link = entry.link_name_bytes().map(|l| String::from_utf8_lossy(&l).into_owned());
         if let Err(why) = check_entry(&name, entry.header().entry_type(), link.as_deref()) {
@@ -209,7 +325,7 @@ fn unpack(stream: impl Read, dest: &Path, over: bool) -> Result<Extracted, Archi
             // A short or undecodable stream shows up while an entry's data is
             // read; a failing write (disk full, read-only) is the host's fault.
             if matches!(e.kind(), UnexpectedEof | InvalidData | InvalidInput | Other) {
-                ArchiveError::Corrupt(format!("{name}: {e}"))
+                stream_error(format!("{name}: {e}"))
             } else {
                 ArchiveError::Io { path: staging.path().join(&name), source: e }
             }
@@ -292,7 +408,8 @@ impl Reuse {
             std::fs::remove_file(&path)?;
             return Ok(Prepared::Unpack);
         }
-        let mut data = Vec::with_capacity(entry.size() as usize);
+        // What the header claims is not trusted for the allocation.
+        let mut data = Vec::with_capacity(entry.size().min(1 << 20) as usize);
         entry.read_to_end(&mut data)?;
         let rewrite = meta.len() != data.len() as u64 || std::fs::read(&path)? != data;
         // As the tar crate sets it: 0 becomes 1, which some tools take for
@@ -536,6 +653,81 @@ mod tests {
         let got = extract(&data[..], &d).unwrap();
         assert_eq!((got.files, got.bytes), (3, 3 * 1_572_869));
         assert!(std::fs::read(d.join("a")).unwrap() == a && std::fs::read(d.join("b")).unwrap() == b && std::fs::read(d.join("c")).unwrap() == c);
+    }
+
+    /// A raw tar of one GNU long-name entry of `len` bytes, then a file.
+    fn long_name_tar(len: usize) -> Vec<u8> {
+        let mut raw = Vec::new();
+        let mut b = tar::Builder::new(&mut raw);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(EntryType::GNULongName);
+        h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_size(len as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, vec![b'a'; len].as_slice()).unwrap();
+        let mut f = tar::Header::new_gnu();
+        f.set_path("short").unwrap();
+        f.set_size(1);
+        f.set_cksum();
+        b.append(&f, b"x".as_slice()).unwrap();
+        b.finish().unwrap();
+        drop(b);
+        raw
+    }
+
+    fn xz(raw: &[u8]) -> Vec<u8> {
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        e.write_all(raw).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn reads_the_first_blocks_dictionary_size() {
+        let data = txz(&[("a.h", EntryType::Regular, b"x", None)]);
+        assert_eq!(first_dict_size(&data), Some(8 << 20), "xz -6");
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 0);
+        e.write_all(b"x").unwrap();
+        assert_eq!(first_dict_size(&e.finish().unwrap()), Some(256 << 10), "xz -0");
+        assert_eq!(first_dict_size(b"not xz"), None);
+        assert_eq!(first_dict_size(&data[..14]), None, "a cut header");
+    }
+
+    #[test]
+    fn a_dictionary_larger_than_the_limit_is_refused_before_decoding() {
+        let mut data = txz(&[("a.h", EntryType::Regular, b"x", None)]);
+        // One filter, no sizes: the dictionary byte follows LZMA2's id and
+        // property size. 40 asks for 4 GiB; the header's CRC is not fixed,
+        // so only a check made before decoding calls it too large.
+        assert_eq!((data[13], data[14], data[15]), (0, 0x21, 1));
+        data[16] = 40;
+        let (t, d) = dest();
+        let err = extract(&data[..], &d).unwrap_err();
+        assert!(matches!(&err, ArchiveError::TooLarge(m) if m.contains("4095 MiB")), "{err}");
+        let small = Limits { dict_bytes: 4 << 20, ..Limits::DEFAULT };
+        let err = extract_limited(&txz(&[("a.h", EntryType::Regular, b"x", None)])[..], &d, false, small).unwrap_err();
+        assert!(matches!(err, ArchiveError::TooLarge(_)), "xz -6's 8 MiB over a 4 MiB limit: {err}");
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_archive_that_unpacks_past_the_limit_is_refused_and_leaves_nothing() {
+        let limits = Limits { unpacked_bytes: 1 << 20, ..Limits::DEFAULT };
+        let part = vec![7u8; 600 << 10];
+        let cases = [
+            ("one entry larger than the limit", txz(&[("big", EntryType::Regular, &vec![7u8; 2 << 20], None)])),
+            ("entries that add up past it", txz(&[("a", EntryType::Regular, &part, None), ("b", EntryType::Regular, &part, None)])),
+            // The tar crate reads a long name into memory whole.
+            ("a long name past it", xz(&long_name_tar(3 << 20))),
+        ];
+        for (what, data) in cases {
+            let (t, d) = dest();
+            let err = extract_limited(&data[..], &d, false, limits).unwrap_err();
+            assert!(matches!(&err, ArchiveError::TooLarge(m) if m.contains("more than 1 MiB")), "{what}: {err}");
+            assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0, "{what}: nothing left");
+        }
+        let (_t, d) = dest();
+        extract_limited(&txz(&[("a", EntryType::Regular, &part, None)])[..], &d, false, limits).unwrap();
     }
 
     #[test]
