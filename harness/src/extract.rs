@@ -12,7 +12,8 @@
 //! Any input may be hostile (an xz bomb), so memory and time are bounded:
 //! a stream is read as a tar as it decodes, keeping nothing, and given up
 //! at its first block that is not a tar header, or past [`ARCHIVE_LIMIT`];
-//! only a compressed payload is kept in memory, up to [`PAYLOAD_LIMIT`].
+//! only a compressed payload is kept in memory, up to [`PAYLOAD_LIMIT`];
+//! and no xz stream may ask for more than [`DECODE_MEMORY_LIMIT`] to decode.
 
 use std::io::Read;
 use std::path::Path;
@@ -31,6 +32,10 @@ pub const ARCHIVE_LIMIT: u64 = 512 << 20;
 /// The most a compressed kernel payload may unpack to: it is searched in
 /// memory. A stripped x86_64 or arm64 kernel is well under it.
 pub const PAYLOAD_LIMIT: u64 = 128 << 20;
+
+/// The most memory an xz stream may need to decode, its dictionary mostly:
+/// kernels are packed with at most 32 MiB, the archive with 8 MiB.
+pub const DECODE_MEMORY_LIMIT: u64 = 256 << 20;
 
 /// Where the archive was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,9 +94,12 @@ impl Finder {
                 Some(Stream::Archive(used)) => return Ok(Found { archive: bytes[off..off + used].to_vec(), offset: off, inside: None }),
                 Some(Stream::TooLarge(what)) => too_large.push(format!("the xz stream at offset {off} {what}")),
                 // Not the archive: maybe a compressed kernel that holds it.
-                None => match unpack_limited(liblzma::read::XzDecoder::new(&bytes[off..])) {
+                None => match unpack_limited(liblzma::read::XzDecoder::new_stream(&bytes[off..], xz_decoder()?)) {
                     Ok(Some(out)) => payloads.push(("xz", off, out)),
                     Ok(None) => too_large.push(format!("the xz stream at offset {off} unpacks to more than {} MiB", PAYLOAD_LIMIT >> 20)),
+                    Err(e) if needs_more_memory(&e) => {
+                        too_large.push(format!("the xz stream at offset {off} needs more than {} MiB to decode", DECODE_MEMORY_LIMIT >> 20))
+                    }
                     Err(_) => {}
                 },
             }
@@ -152,7 +160,7 @@ fn occurrences<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usiz
 /// given up at the first block that is not a tar header (a kernel, or a
 /// bomb of zeros: at once), or once it unpacks past [`ARCHIVE_LIMIT`].
 fn probe_archive(data: &[u8]) -> Option<Stream> {
-    let stream = liblzma::stream::Stream::new_stream_decoder(u64::MAX, 0).ok()?;
+    let stream = xz_decoder().ok()?;
     let mut dec = liblzma::bufread::XzDecoder::new_stream(data, stream);
     let mut limited = (&mut dec).take(ARCHIVE_LIMIT + 1);
     let too_large = || Stream::TooLarge(format!("is a tar with {MARKER} that unpacks to more than {} MiB", ARCHIVE_LIMIT >> 20));
@@ -176,6 +184,17 @@ fn probe_archive(data: &[u8]) -> Option<Stream> {
         return Some(too_large());
     }
     Some(Stream::Archive(dec.total_in() as usize))
+}
+
+/// An xz decoder that refuses streams needing more than
+/// [`DECODE_MEMORY_LIMIT`].
+fn xz_decoder() -> Result<liblzma::stream::Stream> {
+    liblzma::stream::Stream::new_stream_decoder(DECODE_MEMORY_LIMIT, 0).context("cannot make an xz decoder")
+}
+
+/// Whether decoding stopped at the decoder's memory limit.
+fn needs_more_memory(e: &std::io::Error) -> bool {
+    e.get_ref().and_then(|i| i.downcast_ref::<liblzma::stream::Error>()) == Some(&liblzma::stream::Error::MemLimit)
 }
 
 /// What `reader` decodes to, up to [`PAYLOAD_LIMIT`]: `None` past it,
@@ -265,6 +284,21 @@ mod tests {
         let finder = Finder::knowing(fake.clone());
         let f = finder.find(&[&[0u8; 64][..], &fake, b"junk"].concat()).unwrap();
         assert_eq!((f.archive, f.offset), (fake, 64));
+    }
+
+    #[test]
+    fn a_stream_that_needs_too_much_memory_is_named_not_decoded() {
+        let mut hostile = xz(&tar_with("./include/linux/kconfig.h"));
+        // One filter, no sizes: LZMA2's dictionary byte, set to 4 GiB, and
+        // the block header's CRC32 made right again.
+        let len = (hostile[12] as usize + 1) * 4;
+        assert_eq!((hostile[13], hostile[14], hostile[15]), (0, 0x21, 1));
+        hostile[16] = 40;
+        let mut crc = flate2::Crc::new();
+        crc.update(&hostile[12..12 + len - 4]);
+        hostile[12 + len - 4..12 + len].copy_from_slice(&crc.sum().to_le_bytes());
+        let e = format!("{:#}", find(&[&[0u8; 64][..], &hostile].concat()).unwrap_err());
+        assert!(e.contains("the xz stream at offset 64 needs more than 256 MiB to decode"), "{e}");
     }
 
     #[test]
