@@ -36,17 +36,17 @@ pub struct Extracted {
 
 /// How much an archive may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+struct Limits {
     /// The largest xz dictionary accepted: the decoder allocates it.
-    pub dict_bytes: u64,
+    dict_bytes: u64,
     /// The most the tar stream may hold once decompressed.
-    pub unpacked_bytes: u64,
+    unpacked_bytes: u64,
 }
 
 impl Limits {
     /// `xz -9`'s 64 MiB dictionary (the kheaders archive uses 8 MiB), and
     /// 256 MiB of tar: a kheaders archive unpacks to about 35 MB.
-    pub const DEFAULT: Limits = Limits { dict_bytes: 64 << 20, unpacked_bytes: 256 << 20 };
+    const DEFAULT: Limits = Limits { dict_bytes: 64 << 20, unpacked_bytes: 256 << 20 };
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +106,7 @@ pub fn extract_over(xz: impl Read + Send, dest: &Path) -> Result<Extracted, Arch
 }
 
 /// [`extract`] (or, `over`, [`extract_over`]) within `limits`.
-pub fn extract_limited(xz: impl Read + Send, dest: &Path, over: bool, limits: Limits) -> Result<Extracted, ArchiveError> {
+fn extract_limited(xz: impl Read + Send, dest: &Path, over: bool, limits: Limits) -> Result<Extracted, ArchiveError> {
     let (head, xz) = first_bytes(xz).map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
     if let Some(dict) = first_dict_size(&head) {
         if dict > limits.dict_bytes {
@@ -123,7 +123,7 @@ pub fn extract_limited(xz: impl Read + Send, dest: &Path, over: bool, limits: Li
         scope.spawn(move || decode(lzma_rust2::XzReader::new(xz, true), &tx));
         // `rx` goes with the unpacker: if it stops early, the decoder's
         // next send fails and its thread ends.
-        let over_limit = std::sync::atomic::AtomicBool::new(false);
+        let over_limit = std::cell::Cell::new(false);
         let chunks = Chunks { rx, chunk: Vec::new(), pos: 0, left: limits.unpacked_bytes, over_limit: &over_limit };
         unpack(chunks, dest, over, limits.unpacked_bytes, &over_limit)
     })
@@ -144,7 +144,7 @@ fn first_bytes<R: Read>(mut xz: R) -> std::io::Result<(Vec<u8>, R)> {
 /// for, if `head` starts one (the kheaders archive has one block; a later
 /// block's dictionary fills only as far as the unpacked-bytes limit lets
 /// it).
-pub fn first_dict_size(head: &[u8]) -> Option<u64> {
+fn first_dict_size(head: &[u8]) -> Option<u64> {
     const MAGIC: &[u8] = b"\xfd7zXZ\0";
     const LZMA2: u64 = 0x21;
     if !head.starts_with(MAGIC) {
@@ -225,7 +225,7 @@ struct Chunks<'a> {
     chunk: Vec<u8>,
     pos: usize,
     left: u64,
-    over_limit: &'a std::sync::atomic::AtomicBool,
+    over_limit: &'a std::cell::Cell<bool>,
 }
 
 impl Read for Chunks<'_> {
@@ -242,7 +242,7 @@ impl Read for Chunks<'_> {
         }
         let n = out.len().min(self.chunk.len() - self.pos);
         if n as u64 > self.left {
-            self.over_limit.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.over_limit.set(true);
             return Err(std::io::Error::other("the unpacked-bytes limit is reached"));
         }
         self.left -= n as u64;
@@ -255,7 +255,7 @@ impl Read for Chunks<'_> {
 /// Unpack a tar stream into `dest`, which must not exist yet unless `over`
 /// (then it may hold an earlier extraction, whose files are reused). The
 /// stream sets `over_limit` when it gives up at `limit` bytes.
-fn unpack(stream: impl Read, dest: &Path, over: bool, limit: u64, over_limit: &std::sync::atomic::AtomicBool) -> Result<Extracted, ArchiveError> {
+fn unpack(stream: impl Read, dest: &Path, over: bool, limit: u64, over_limit: &std::cell::Cell<bool>) -> Result<Extracted, ArchiveError> {
     let earlier = std::fs::symlink_metadata(dest).ok();
     if earlier.as_ref().is_some_and(|m| !over || !m.is_dir()) {
         return Err(ArchiveError::Io {
@@ -288,7 +288,7 @@ fn unpack(stream: impl Read, dest: &Path, over: bool, limit: u64, over_limit: &s
     let mut unsafe_entries = Vec::new();
     let too_large = || ArchiveError::TooLarge(format!("it unpacks to more than {} MiB (a kheaders archive unpacks to about 35 MB)", limit >> 20));
     // A read that failed at the limit is not corruption.
-    let stream_error = |what: String| if over_limit.load(std::sync::atomic::Ordering::Relaxed) { too_large() } else { ArchiveError::Corrupt(what) };
+    let stream_error = |what: String| if over_limit.get() { too_large() } else { ArchiveError::Corrupt(what) };
     let corrupt = |e: std::io::Error| stream_error(e.to_string());
     for entry in tar.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
