@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::cell::{self, Built, Settings};
 use crate::kbuild::{self, Build, BUILD_TIMESTAMP};
 use crate::matrix::{BuildKind, Cell, Kernel, Kheaders, Matrix};
+use crate::phase::Phase;
 use crate::process::run_logged;
 use crate::vm::{Guest, Spec};
 use crate::{checks, image, regen, Project};
@@ -129,8 +130,8 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
 /// it (warm, beside the host's lanes), and its parts: the median of
 /// `reps` runs.
 fn device_phases(project: &Project, matrix: &Matrix, cells: &[(&Cell, f64)], s: &Settings, opts: &Options, figures: &mut Vec<Figure>) -> Result<()> {
-    const PARTS: [(&str, &str); 3] =
-        [("device-boot", "boot"), ("device-kselftest", "the kselftest (make run_tests)"), ("device-port", "the Rust port")];
+    const PARTS: [(Phase, &str); 3] =
+        [(Phase::DeviceBoot, "boot"), (Phase::DeviceKselftest, "the kselftest (make run_tests)"), (Phase::DevicePort, "the Rust port")];
     for (c, bound) in cells {
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); 1 + PARTS.len()];
         for _ in 0..opts.reps.max(1) {
@@ -138,9 +139,8 @@ fn device_phases(project: &Project, matrix: &Matrix, cells: &[(&Cell, f64)], s: 
             if r.verdict.is_bad() {
                 bail!("cell {} did not pass ({:?}), so its device time means nothing", c.name, r.verdict);
             }
-            let took = |name: &str| r.phases.iter().find(|p| p.name == name).map(|p| p.seconds);
-            for (i, name) in std::iter::once("device").chain(PARTS.iter().map(|p| p.0)).enumerate() {
-                times[i].push(took(name).with_context(|| format!("cell {} has no {name} phase", c.name))?);
+            for (i, phase) in std::iter::once(Phase::Device).chain(PARTS.iter().map(|p| p.0)).enumerate() {
+                times[i].push(r.phase_seconds(phase).with_context(|| format!("cell {} has no {phase} phase", c.name))?);
             }
         }
         let arch = c.arch.kernel_arch();
@@ -315,16 +315,7 @@ fn verdicts(
 ) -> Result<()> {
     let initrd = dir.join("initramfs.cpio");
     image::make(&project.images_dir(), x86.arch, &[], &[], &initrd)?;
-    let spec = Spec {
-        arch: x86.arch,
-        kernel: on.kernel_image.clone(),
-        initrd,
-        dir: dir.join("guest"),
-        memory_mib: 512,
-        timeouts: s.timeouts,
-        shares: Vec::new(),
-        cpus: 1,
-    };
+    let spec = Spec::new(x86.arch, &on.kernel_image, &initrd, &dir.join("guest"), s.timeouts);
     // Bare boots and whole verdicts take turns, so that both see the same
     // machine; the regen phase drives kbuild, not the guest: not part of a
     // verdict's time, and minutes of xz.
@@ -332,7 +323,7 @@ fn verdicts(
     let verdict_cell = Cell { regen: false, ..x86.clone() };
     // Everything after the build that a verdict needs, from the start of
     // the first of these phases to the end of the last: they overlap.
-    let after_build = ["image", "boot", "pull", "from-image", "extract", "modbuild", "bpf", "kselftest", "load"];
+    let after_build = Phase::AFTER_BUILD;
     let (mut bare, mut runs) = (Vec::new(), Vec::new());
     for _ in 0..opts.reps {
         bare.push(timed(|| {
@@ -351,10 +342,10 @@ fn verdicts(
     let (slowest, fastest) = (runs[runs.len() - 1].0, runs[0].0);
     // The median run (the lower middle one of an even count), whole.
     let (verdict, report) = &runs[(runs.len() - 1) / 2];
-    let sum: f64 = report.phases.iter().filter(|p| after_build.contains(&p.name.as_str())).map(|p| p.seconds).sum();
+    let sum: f64 = report.phases.iter().filter(|p| after_build.contains(&p.phase)).map(|p| p.seconds).sum();
     let of = format!("median of {}", runs.len());
     figures.push(
-        Figure::new("verdict", format!("{}: boot to verdict, wall, {of} ({})", x86.name, after_build.join(", ")), *verdict, "s")
+        Figure::new("verdict", format!("{}: boot to verdict, wall, {of} ({})", x86.name, after_build.map(Phase::name).join(", ")), *verdict, "s")
             .against("bare boot to /init and reboot", bare)
             .ratio_at_most(2.0),
     );
@@ -367,7 +358,7 @@ fn verdicts(
             .against("boot to verdict, wall", *verdict),
     );
     for p in &report.phases {
-        figures.push(Figure::new("verdict", format!("{}: phase {} (from {:.2} s)", x86.name, p.name, p.start), p.seconds, "s"));
+        figures.push(Figure::new("verdict", format!("{}: phase {} (from {:.2} s)", x86.name, p.phase, p.start), p.seconds, "s"));
     }
     Ok(())
 }
@@ -397,7 +388,7 @@ fn whole_matrix(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options
         let secs = t.elapsed().as_secs_f64();
         let built = reports.iter().filter(|r| r.kernel_built).count();
         // Regen steps that passed before with the same inputs are not run again.
-        let cached = reports.iter().filter(|r| r.checks.iter().any(|c| c.name.ends_with("(cached)"))).count();
+        let cached = reports.iter().filter(|r| r.checks.iter().any(|c| c.cached)).count();
         let bad: Vec<_> = reports.iter().filter(|r| r.verdict.is_bad()).map(|r| r.cell.as_str()).collect();
         if !bad.is_empty() {
             bail!("the matrix did not pass ({}), so its time means nothing", bad.join(", "));
@@ -413,11 +404,11 @@ fn whole_matrix(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options
             None => f,
         });
         // Where a round's time goes: the phases summed over its cells.
-        let mut by_phase: Vec<(String, f64)> = Vec::new();
+        let mut by_phase: Vec<(Phase, f64)> = Vec::new();
         for p in reports.iter().flat_map(|r| &r.phases) {
-            match by_phase.iter_mut().find(|(n, _)| *n == p.name) {
+            match by_phase.iter_mut().find(|(n, _)| *n == p.phase) {
                 Some((_, t)) => *t += p.seconds,
-                None => by_phase.push((p.name.clone(), p.seconds)),
+                None => by_phase.push((p.phase, p.seconds)),
             }
         }
         for (name, t) in by_phase.into_iter().filter(|(_, t)| *t >= 1.0) {

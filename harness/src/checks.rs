@@ -85,12 +85,11 @@ pub fn noop_rebuild(before: &Snapshot, after: &Snapshot, rebuild_log: &str, quie
 }
 
 /// Unpack `archive` into `dest`, over what an earlier run unpacked there
-/// (scratch.rs says why).
-pub fn extract(archive_path: &Path, dest: &Path) -> Result<archive::Extracted, Verdict> {
-    archive::extract_file_over(archive_path, dest).map_err(|e| match e {
-        archive::ArchiveError::Io { .. } => Verdict::Error(e.to_string()),
-        _ => Verdict::Fail(format!("{}: {e}", archive_path.display())),
-    })
+/// (scratch.rs says why). The error names the archive; whether it is the
+/// kernel's or the host's is [`crate::blame`]'s to say.
+pub fn extract(archive_path: &Path, dest: &Path) -> anyhow::Result<archive::Extracted> {
+    use anyhow::Context;
+    archive::extract_file_over(archive_path, dest).with_context(|| archive_path.display().to_string())
 }
 
 /// The most memory a small device may need to decode the archive (K17):
@@ -646,8 +645,8 @@ mod tests {
 
         let bad = d.path().join("bad.tar.xz");
         std::fs::write(&bad, b"not xz at all").unwrap();
-        let v = extract(&bad, &d.path().join("out")).unwrap_err();
-        assert!(matches!(&v, Verdict::Fail(r) if r.contains("corrupt")), "{v:?}");
+        let v = crate::blame::of(extract(&bad, &d.path().join("out")).unwrap_err());
+        assert!(matches!(&v, Verdict::Fail(r) if r.contains("corrupt") && r.contains("bad.tar.xz")), "{v:?}");
         assert!(!d.path().join("out").exists());
     }
 }

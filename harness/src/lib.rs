@@ -15,6 +15,7 @@
 //! [`cache`] keeps what runs share, [`bench`](mod@bench) measures.
 
 pub mod bench;
+pub mod blame;
 pub mod bpf;
 pub mod buildlog;
 pub mod cache;
@@ -27,6 +28,7 @@ pub mod extract;
 pub mod image;
 pub mod kbuild;
 pub mod matrix;
+pub mod phase;
 pub mod process;
 pub mod progress;
 pub mod regen;

@@ -11,7 +11,6 @@ use khtest::cell::{self, Settings};
 use khtest::matrix::Matrix;
 use khtest::progress::Printer;
 use khtest::tree::Source;
-use khtest::vm::Timeouts;
 use khtest::{report, Project};
 
 #[derive(Parser)]
@@ -105,15 +104,12 @@ impl Place {
         if let Some(t) = &self.tree {
             rerun += &format!(" --tree {}", t.display());
         }
+        let defaults = Settings::new(project, rerun);
         Ok(Settings {
-            cache_dir: self.cache.unwrap_or_else(khtest::default_cache_dir),
-            out_dir: self.out.unwrap_or_else(|| project.default_out_dir()),
+            cache_dir: self.cache.unwrap_or(defaults.cache_dir.clone()),
+            out_dir: self.out.unwrap_or(defaults.out_dir.clone()),
             source: self.tree.as_deref().map(Source::from_arg).transpose()?,
-            timeouts: Timeouts::default(),
-            build_limit: std::time::Duration::from_secs(3600),
-            keep: false,
-            rerun,
-            fresh: khtest::fresh_from_env(),
+            ..defaults
         })
     }
 }

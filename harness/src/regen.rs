@@ -16,10 +16,11 @@
 //! Each step's make output is kept as `regen-STEP.log` in the cell directory.
 //!
 //! The steps' outcome depends only on what the build's cache key covers
-//! (source, series, toolchain, arch, config) and on this code, so a passing
-//! run is remembered under those and not repeated, like a build: the checks
-//! then say "(cached)". `KHTEST_FRESH=1` (or `khtest run --fresh`) runs
-//! them again.
+//! (source, series, toolchain, arch, config) and on the steps themselves
+//! ([`Step::ALL`], [`STEPS_VERSION`]), so a passing run is remembered under
+//! those and not repeated, like a build: the checks are then marked cached
+//! (and their names say so). `KHTEST_FRESH=1` (or `khtest run --fresh`)
+//! runs them again.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,8 +52,69 @@ const STRAY_SCRIPTS: [&str; 2] = ["scripts/gdb/linux/khtest-constants.py", "scri
 /// even when `autoconf.h` is not tracked).
 const CONFIG_CHANGE: (&str, &str) = ("CONFIG_DEFAULT_HOSTNAME", "khtest-regen");
 
-/// One step's name and verdict.
-pub type Step = (&'static str, Verdict);
+/// The regen steps, in the order they run. Their names are the checks'
+/// names; the list is part of the cache key ([`passed_path`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Reproducible,
+    Quiet,
+    NewHeader,
+    XzLimit,
+    ChangedHeader,
+    Timestamp,
+    Config,
+    TouchedConfig,
+    StrayScripts,
+    RemovedHeader,
+    EditedGenerator,
+    GeneratorError,
+    Interrupted,
+}
+
+impl Step {
+    pub const ALL: [Step; 13] = [
+        Step::Reproducible,
+        Step::Quiet,
+        Step::NewHeader,
+        Step::XzLimit,
+        Step::ChangedHeader,
+        Step::Timestamp,
+        Step::Config,
+        Step::TouchedConfig,
+        Step::StrayScripts,
+        Step::RemovedHeader,
+        Step::EditedGenerator,
+        Step::GeneratorError,
+        Step::Interrupted,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Reproducible => "a second build of the archive gives the same bytes (K9)",
+            Step::Quiet => "the generator prints nothing of its own (K7)",
+            Step::NewHeader => "a new header regenerates the archive (K6)",
+            Step::XzLimit => "a low XZ_DEFAULTS memory limit fails the generator, not other bytes (K17)",
+            Step::ChangedHeader => "a header changed again at once regenerates it (K6)",
+            Step::Timestamp => "a new KBUILD_BUILD_TIMESTAMP regenerates it (K6)",
+            Step::Config => "a config change that only autoconf.h shows regenerates it (K6)",
+            Step::TouchedConfig => "touch .config with nothing changed regenerates nothing (K16)",
+            Step::StrayScripts => "files another target writes into scripts/ regenerate nothing (K16)",
+            Step::RemovedHeader => "a removed header leaves the archive (K6)",
+            Step::EditedGenerator => "a newer gen_kheaders.sh regenerates the archive (K16)",
+            Step::GeneratorError => "a copy error fails the generator, naming the file (K7)",
+            Step::Interrupted => "an interrupted generator leaves no temporary file (K16)",
+        }
+    }
+}
+
+/// The version of the steps' way of judging: bump it when a step changes
+/// what it does or how it judges (adding or removing a step changes the
+/// key by itself), so that no outcome remembered from the old steps is
+/// taken for theirs.
+pub const STEPS_VERSION: u32 = 1;
+
+/// One step's outcome.
+pub type Outcome = (Step, Verdict);
 
 /// What a run whose every step passed leaves in the cache.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -62,12 +124,15 @@ pub struct Passed {
     pub steps: Vec<String>,
 }
 
-/// Where the outcome of the steps for the build keyed `build_key` is kept:
-/// that key and the harness code that drives them (how make is called,
-/// where the scratch tree is).
+/// Where the outcome of the steps for the build keyed `build_key` is kept.
+/// The key names what the outcome depends on: the build key (the source
+/// and the series, the generator with them, the toolchain, the arch, the
+/// kind of build and the config: `cell::build_key`), and the steps (their
+/// list and [`STEPS_VERSION`]).
 pub fn passed_path(results_dir: &Path, build_key: &str) -> PathBuf {
-    let code = [include_str!("regen.rs"), include_str!("kbuild.rs"), include_str!("tree.rs"), include_str!("cell.rs")].concat();
-    results_dir.join(format!("regen-{}.json", key(&[build_key.as_bytes(), code.as_bytes()])))
+    let steps: Vec<&str> = Step::ALL.iter().map(|s| s.name()).collect();
+    let version = STEPS_VERSION.to_string();
+    results_dir.join(format!("regen-{}.json", key(&[build_key.as_bytes(), version.as_bytes(), steps.join("\n").as_bytes()])))
 }
 
 /// The steps of an earlier run with the same inputs, all passed; `None`
@@ -77,12 +142,12 @@ pub fn cached(path: &Path) -> Option<Passed> {
 }
 
 /// Remember `steps` when every one passed.
-pub fn remember(path: &Path, steps: &[Step]) -> Result<()> {
+pub fn remember(path: &Path, steps: &[Outcome]) -> Result<()> {
     if steps.iter().any(|(_, v)| *v != Verdict::Pass) {
         return Ok(());
     }
     let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let passed = Passed { at, steps: steps.iter().map(|(n, _)| (*n).to_owned()).collect() };
+    let passed = Passed { at, steps: steps.iter().map(|(s, _)| s.name().to_owned()).collect() };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -102,51 +167,49 @@ struct Scratch<'a> {
 /// Run every step against `scratch` (an object tree of `cell`'s source,
 /// made if missing) until one does not pass. `cell_archive` is the archive
 /// that `cell` built.
-pub fn run(cell: &Build, cell_archive: &Path, scratch: &Path, dir: &Path, limit: Duration) -> Result<Vec<Step>> {
+pub fn run(cell: &Build, cell_archive: &Path, scratch: &Path, dir: &Path, limit: Duration) -> Result<Vec<Outcome>> {
     let s = Scratch { build: Build { obj: scratch.to_owned(), ..cell.clone() }, dir, limit };
     s.reset(&cell.obj.join(".config"))?;
     let mut steps = Vec::new();
-    let mut record = |name: &'static str, v: Verdict| {
+    let mut record = |step: Step, v: Verdict| {
         let ok = v == Verdict::Pass;
-        steps.push((name, v));
+        steps.push((step, v));
         ok
     };
 
     let (log, archive) = s.generate("reproducible", BUILD_TIMESTAMP.0)?;
-    if !record("a second build of the archive gives the same bytes (K9)", same_archive(dir, &archive, cell_archive)?)
-        || !record("the generator prints nothing of its own (K7)", quiet_generator(&log))
-    {
+    if !record(Step::Reproducible, same_archive(dir, &archive, cell_archive)?) || !record(Step::Quiet, quiet_generator(&log)) {
         return Ok(steps);
     }
 
     write(&scratch.join(PROBE), "/* a khtest probe */\n#define KHTEST_PROBE 1\n")?;
     let (log, archive) = s.generate("new-header", BUILD_TIMESTAMP.0)?;
-    if !record("a new header regenerates the archive (K6)", regenerated(dir, &log, &archive, |a| probe_is(a, Some("1")))?) {
+    if !record(Step::NewHeader, regenerated(dir, &log, &archive, |a| probe_is(a, Some("1")))?) {
         return Ok(steps);
     }
 
     // A header changed under a low xz memory limit: xz must refuse, not
     // compress with other settings.
     write(&scratch.join(PROBE), "/* a khtest probe */\n#define KHTEST_PROBE 3\n")?;
-    if !record("a low XZ_DEFAULTS memory limit fails the generator, not other bytes (K17)", s.xz_limited()?) {
+    if !record(Step::XzLimit, s.xz_limited()?) {
         return Ok(steps);
     }
 
     // At once: a comparison of minute-resolution `ls -l` output would miss it.
     write(&scratch.join(PROBE), "/* a khtest probe */\n#define KHTEST_PROBE 2\n")?;
     let (log, archive) = s.generate("changed-header", BUILD_TIMESTAMP.0)?;
-    if !record("a header changed again at once regenerates it (K6)", regenerated(dir, &log, &archive, |a| probe_is(a, Some("2")))?) {
+    if !record(Step::ChangedHeader, regenerated(dir, &log, &archive, |a| probe_is(a, Some("2")))?) {
         return Ok(steps);
     }
 
     let (log, archive) = s.generate("timestamp", OTHER_TIMESTAMP.0)?;
-    if !record("a new KBUILD_BUILD_TIMESTAMP regenerates it (K6)", regenerated(dir, &log, &archive, |a| mtime_is(a, OTHER_TIMESTAMP.1))?) {
+    if !record(Step::Timestamp, regenerated(dir, &log, &archive, |a| mtime_is(a, OTHER_TIMESTAMP.1))?) {
         return Ok(steps);
     }
 
     s.set_config_string(CONFIG_CHANGE)?;
     let (log, archive) = s.generate("config", OTHER_TIMESTAMP.0)?;
-    if !record("a config change that only autoconf.h shows regenerates it (K6)", regenerated(dir, &log, &archive, autoconf_has_change)?) {
+    if !record(Step::Config, regenerated(dir, &log, &archive, autoconf_has_change)?) {
         return Ok(steps);
     }
 
@@ -154,28 +217,28 @@ pub fn run(cell: &Build, cell_archive: &Path, scratch: &Path, dir: &Path, limit:
     // newer, whatever changed.
     s.build.touch_config()?;
     let (log, _) = s.generate("touched-config", OTHER_TIMESTAMP.0)?;
-    if !record("touch .config with nothing changed regenerates nothing (K16)", not_generated(&log, "touch .config")) {
+    if !record(Step::TouchedConfig, not_generated(&log, "touch .config")) {
         return Ok(steps);
     }
 
-    if !record("files another target writes into scripts/ regenerate nothing (K16)", s.stray_scripts()?) {
+    if !record(Step::StrayScripts, s.stray_scripts()?) {
         return Ok(steps);
     }
 
     std::fs::remove_file(scratch.join(PROBE)).with_context(|| format!("cannot remove {PROBE}"))?;
     let (log, archive) = s.generate("removed-header", OTHER_TIMESTAMP.0)?;
-    if !record("a removed header leaves the archive (K6)", regenerated(dir, &log, &archive, |a| probe_is(a, None))?) {
+    if !record(Step::RemovedHeader, regenerated(dir, &log, &archive, |a| probe_is(a, None))?) {
         return Ok(steps);
     }
 
-    if !record("a newer gen_kheaders.sh regenerates the archive (K16)", s.edited_generator()?) {
+    if !record(Step::EditedGenerator, s.edited_generator()?) {
         return Ok(steps);
     }
 
-    if !record("a copy error fails the generator, naming the file (K7)", s.generator_error()?) {
+    if !record(Step::GeneratorError, s.generator_error()?) {
         return Ok(steps);
     }
-    record("an interrupted generator leaves no temporary file (K16)", s.interrupted_generator()?);
+    record(Step::Interrupted, s.interrupted_generator()?);
     Ok(steps)
 }
 
@@ -641,11 +704,11 @@ mod tests {
         let path = passed_path(d.path(), "build-a");
         assert_ne!(path, passed_path(d.path(), "build-b"));
         assert!(cached(&path).is_none());
-        remember(&path, &[("first", Verdict::Pass), ("second", Verdict::Fail("no GEN line".into()))]).unwrap();
+        remember(&path, &[(Step::Reproducible, Verdict::Pass), (Step::Quiet, Verdict::Fail("no GEN line".into()))]).unwrap();
         assert!(cached(&path).is_none(), "a failing run must run again");
-        remember(&path, &[("first", Verdict::Pass), ("second", Verdict::Pass)]).unwrap();
+        remember(&path, &[(Step::Reproducible, Verdict::Pass), (Step::Quiet, Verdict::Pass)]).unwrap();
         let got = cached(&path).unwrap();
-        assert_eq!(got.steps, ["first", "second"]);
+        assert_eq!(got.steps, [Step::Reproducible.name(), Step::Quiet.name()]);
         assert!(got.at > 0);
         std::fs::write(&path, "{ half").unwrap();
         assert!(cached(&path).is_none(), "an unreadable record is no record");

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+pub use crate::phase::Phase;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", content = "reason", rename_all = "UPPERCASE")]
 pub enum Verdict {
@@ -48,8 +50,9 @@ impl Verdict {
 /// When one phase ran. Phases after the build overlap (the host checks run
 /// while the guest boots), so a cell's time is a span, not a sum.
 #[derive(Debug, Clone, Serialize)]
-pub struct Phase {
-    pub name: String,
+pub struct Timing {
+    #[serde(rename = "name")]
+    pub phase: Phase,
     /// Seconds from the start of the cell.
     pub start: f64,
     pub seconds: f64,
@@ -61,6 +64,16 @@ pub struct Check {
     pub name: String,
     #[serde(flatten)]
     pub verdict: Verdict,
+    /// The outcome is an earlier run's, remembered with the same inputs
+    /// (regen); the name says so too, for people.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
+}
+
+impl Check {
+    pub fn new(name: impl Into<String>, verdict: Verdict) -> Check {
+        Check { name: name.into(), verdict, cached: false }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -69,8 +82,8 @@ pub struct CellReport {
     #[serde(flatten)]
     pub verdict: Verdict,
     /// The phase that was running when the cell stopped, if it did not pass.
-    pub failed_phase: Option<String>,
-    pub phases: Vec<Phase>,
+    pub failed_phase: Option<Phase>,
+    pub phases: Vec<Timing>,
     pub checks: Vec<Check>,
     /// Whether this run (re)linked the kernel image, i.e. did not find
     /// the build up to date in the cache.
@@ -85,14 +98,14 @@ pub struct CellReport {
 }
 
 impl CellReport {
-    pub fn phase_seconds(&self, name: &str) -> Option<f64> {
-        self.phases.iter().find(|p| p.name == name).map(|p| p.seconds)
+    pub fn phase_seconds(&self, phase: Phase) -> Option<f64> {
+        self.phases.iter().find(|p| p.phase == phase).map(|p| p.seconds)
     }
 
-    /// Wall time from the start of the first of `names` to the end of the
-    /// last of them (all phases if `names` is empty); 0 if none ran.
-    pub fn span_seconds(&self, names: &[&str]) -> f64 {
-        let ran = || self.phases.iter().filter(|p| names.is_empty() || names.contains(&p.name.as_str()));
+    /// Wall time from the start of the first of `phases` to the end of the
+    /// last of them (all phases if `phases` is empty); 0 if none ran.
+    pub fn span_seconds(&self, phases: &[Phase]) -> f64 {
+        let ran = || self.phases.iter().filter(|p| phases.is_empty() || phases.contains(&p.phase));
         let start = ran().map(|p| p.start).fold(f64::INFINITY, f64::min);
         let end = ran().map(|p| p.start + p.seconds).fold(f64::NEG_INFINITY, f64::max);
         if end >= start {
@@ -155,22 +168,19 @@ pub fn exit_code(reports: &[CellReport]) -> u8 {
     }
 }
 
-/// The phases shown as columns, in flow order.
-pub const TABLE_PHASES: &[&str] = &["build", "boot", "pull", "extract", "modbuild", "load", "device"];
-
 /// The summary table of a run.
 pub fn table(reports: &[CellReport]) -> String {
     let width = reports.iter().map(|r| r.cell.len()).max().unwrap_or(4).max(4);
     let mut s = format!("{:width$}  {:7}", "cell", "verdict");
-    for p in TABLE_PHASES {
-        let _ = write!(s, " {p:>9}");
+    for p in Phase::TABLE {
+        let _ = write!(s, " {:>9}", p.name());
     }
     s.push_str("     total\n");
     for r in reports {
         // A retried cell is marked: PASS* is a pass after a retry.
         let label = format!("{}{}", r.verdict.label(), if r.retries.is_empty() { "" } else { "*" });
         let _ = write!(s, "{:width$}  {label:7}", r.cell);
-        for p in TABLE_PHASES {
+        for p in Phase::TABLE {
             match r.phase_seconds(p) {
                 Some(t) => {
                     let _ = write!(s, " {t:>8.1}s");
@@ -196,11 +206,11 @@ mod tests {
         CellReport {
             cell: "x86_64-y-o".into(),
             verdict,
-            failed_phase: Some("load".into()),
-            phases: vec![Phase { name: "build".into(), start: 0.0, seconds: 100.0 }, Phase { name: "load".into(), start: 100.0, seconds: 2.5 }],
+            failed_phase: Some(Phase::Load),
+            phases: vec![Timing { phase: Phase::Build, start: 0.0, seconds: 100.0 }, Timing { phase: Phase::Load, start: 100.0, seconds: 2.5 }],
             checks: vec![
-                Check { name: "module loads".into(), verdict: Verdict::Fail("no Hello, world".into()) },
-                Check { name: "module unloads".into(), verdict: Verdict::Fail("module did not load".into()) },
+                Check::new("module loads", Verdict::Fail("no Hello, world".into())),
+                Check::new("module unloads", Verdict::Fail("module did not load".into())),
             ],
             kernel_built: false,
             retries: Vec::new(),
@@ -215,6 +225,8 @@ mod tests {
         assert_eq!(v["status"], "FAIL");
         assert_eq!(v["reason"], "boom");
         assert_eq!(v["phases"][0]["name"], "build");
+        assert_eq!(v["failed_phase"], "load");
+        assert!(v["checks"][0].get("cached").is_none(), "only a cached check says so");
         assert_eq!(v["checks"][0]["status"], "FAIL");
         let v = serde_json::to_value(report(Verdict::Pass)).unwrap();
         assert_eq!(v["status"], "PASS");
@@ -257,12 +269,18 @@ mod tests {
     #[test]
     fn overlapping_phases_count_once() {
         let mut r = report(Verdict::Pass);
-        let p = |name: &str, start: f64, seconds: f64| Phase { name: name.into(), start, seconds };
-        r.phases = vec![p("build", 0.0, 100.0), p("boot", 100.0, 2.0), p("extract", 100.0, 5.0), p("kselftest", 101.0, 3.0), p("load", 105.0, 0.5)];
+        let p = |phase, start: f64, seconds: f64| Timing { phase, start, seconds };
+        r.phases = vec![
+            p(Phase::Build, 0.0, 100.0),
+            p(Phase::Boot, 100.0, 2.0),
+            p(Phase::Extract, 100.0, 5.0),
+            p(Phase::Kselftest, 101.0, 3.0),
+            p(Phase::Load, 105.0, 0.5),
+        ];
         assert!((r.span_seconds(&[]) - 105.5).abs() < 1e-9);
-        assert!((r.span_seconds(&["boot", "extract", "kselftest", "load"]) - 5.5).abs() < 1e-9);
-        assert!((r.span_seconds(&["boot", "kselftest"]) - 4.0).abs() < 1e-9);
-        assert_eq!(r.span_seconds(&["regen"]), 0.0);
+        assert!((r.span_seconds(&[Phase::Boot, Phase::Extract, Phase::Kselftest, Phase::Load]) - 5.5).abs() < 1e-9);
+        assert!((r.span_seconds(&[Phase::Boot, Phase::Kselftest]) - 4.0).abs() < 1e-9);
+        assert_eq!(r.span_seconds(&[Phase::Regen]), 0.0);
         assert!(table(std::slice::from_ref(&r)).contains("105.5s"));
     }
 }

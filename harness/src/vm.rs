@@ -109,6 +109,29 @@ pub struct Share {
 }
 
 impl Spec {
+    /// A guest of `arch` booting `kernel` with `initrd`, its files in
+    /// `dir`: 512 MiB, one CPU, no shares.
+    pub fn new(arch: Arch, kernel: &Path, initrd: &Path, dir: &Path, timeouts: Timeouts) -> Spec {
+        Spec {
+            arch,
+            kernel: kernel.to_owned(),
+            initrd: initrd.to_owned(),
+            dir: dir.to_owned(),
+            memory_mib: 512,
+            timeouts,
+            shares: Vec::new(),
+            cpus: 1,
+        }
+    }
+
+    pub fn memory(self, mib: u32) -> Spec {
+        Spec { memory_mib: mib, ..self }
+    }
+
+    pub fn shares(self, shares: Vec<Share>) -> Spec {
+        Spec { shares, ..self }
+    }
+
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")
     }

@@ -50,16 +50,7 @@ fn main() {
 }
 
 fn settings() -> Result<Settings, Failed> {
-    Ok(Settings {
-        cache_dir: khtest::default_cache_dir(),
-        out_dir: Project::locate().default_out_dir(),
-        source: None,
-        timeouts: Timeouts::default(),
-        build_limit: std::time::Duration::from_secs(3600),
-        keep: false,
-        rerun: "cargo nextest run -p khtest --test cells -E 'test(={cell})'".into(),
-        fresh: khtest::fresh_from_env(),
-    })
+    Ok(Settings::new(&Project::locate(), "cargo nextest run -p khtest --test cells -E 'test(={cell})'"))
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -96,16 +87,7 @@ fn guest_test(project: &Project, matrix: &Matrix, what: Misbehaviour) -> Result<
     let initrd = dir.join("initramfs.cpio");
     khtest::image::make(&images, cell.arch, &[], &[], &initrd).map_err(|e| format!("{e:#}"))?;
     let timeouts = Timeouts { boot: Duration::from_secs(20), command: Duration::from_secs(5), ..Timeouts::default() };
-    let spec = Spec {
-        arch: cell.arch,
-        kernel: built.kernel_image,
-        initrd: initrd.clone(),
-        dir: dir.clone(),
-        memory_mib: 256,
-        timeouts,
-        shares: Vec::new(),
-        cpus: 1,
-    };
+    let spec = Spec::new(cell.arch, &built.kernel_image, &initrd, &dir, timeouts).memory(256);
     let start = Instant::now();
     if let Misbehaviour::HangAtBoot = what {
         // Through the cell's retry policy: one retry, recorded, then ERROR.

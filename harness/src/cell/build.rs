@@ -1,0 +1,247 @@
+//! The build glue of a cell: preflight, the object tree and its cache key,
+//! the build with its progress, the no-op rebuild, the randstruct probe,
+//! and the regen phase's cached outcome. [`build_only`] builds a cell's
+//! kernel exactly as a run does, for the bench and the guest tests.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use super::record::{Run, Stop};
+use super::{Settings, HEADERS};
+use crate::blame;
+use crate::cache::{key, Cache, CacheLock};
+use crate::checks;
+use crate::kbuild::{self, Build};
+use crate::matrix::{BuildKind, Cell, Matrix};
+use crate::phase::Phase;
+use crate::report::Verdict;
+use crate::tree::{self, Tree};
+use crate::{progress, regen, tools, Project};
+
+/// The tools, the cell directory (its unpacked archive kept), free space,
+/// the cache.
+pub(super) fn preflight(run: &mut Run, cell: &Cell, s: &Settings) -> Result<Cache, Stop> {
+    tools::check(&tools::required(cell)).map_err(blame::host)?;
+    // The last run's unpacked archive stays, for the extract phase to
+    // rewrite in place (scratch.rs says why).
+    crate::scratch::clear_dir_except(&run.dir, HEADERS).with_context(|| format!("cannot clear {}", run.dir.display())).map_err(blame::host)?;
+    std::fs::create_dir_all(&run.dir).with_context(|| format!("cannot create the cell directory {}", run.dir.display())).map_err(blame::host)?;
+    // The unpacked trees and the kselftest's temporary one go here.
+    crate::scratch::spread_new_subdirs(&run.dir);
+    tools::check_space(&run.dir, "output directory (--out)", tools::OUT_DIR_NEEDS).map_err(blame::host)?;
+    let cache = Cache::open(&s.cache_dir).map_err(blame::host)?;
+    tools::check_space(cache.root(), "cache (--cache, KHTEST_CACHE)", tools::CACHE_NEEDS).map_err(blame::host)?;
+    Ok(cache)
+}
+
+/// The cache key of a cell's build: the tree, the toolchain, the arch, the
+/// kind of build and every requested option.
+pub fn build_key(tree_key: &str, toolchain_key: &str, cell: &Cell, want: &kbuild::Config) -> String {
+    key(&[
+        tree_key.as_bytes(),
+        toolchain_key.as_bytes(),
+        cell.arch.kernel_arch().as_bytes(),
+        format!("{:?}", cell.build).as_bytes(),
+        kbuild::merge("", want).as_bytes(),
+    ])
+}
+
+/// The build's key, and the lock that keeps every other run out of its
+/// object tree until it is dropped. [`super::run`] and [`build_only`]
+/// both take it here.
+pub(super) fn lock_build(cache: &Cache, tree: &Tree, cell: &Cell, want: &kbuild::Config) -> anyhow::Result<(String, CacheLock)> {
+    let key = build_key(&tree.key, &tools::toolchain_key(cell.arch)?, cell, want);
+    let lock = cache.lock(&format!("build-{key}"))?;
+    Ok((key, lock))
+}
+
+/// The out-of-tree build keyed `key`: an `O=` directory of the tree.
+fn out_of_tree(cache: &Cache, tree: &Tree, cell: &Cell, key: &str) -> Build {
+    Build { arch: cell.arch, src: tree.path.clone(), obj: tree.build_dir(key), kind: cell.build, ccache: Some(cache.root().join("ccache")) }
+}
+
+/// Where the cell builds: an `O=` directory of the tree, or (in-tree) the
+/// cell's own copy of the tree, `make mrproper`ed in phase `pristine`. The
+/// first build of every new tree, series or config then starts pristine,
+/// which is when the 2019 circular dependency would show.
+pub(super) fn object_tree(run: &mut Run, cache: &Cache, tree: &Tree, cell: &Cell, build_key: &str) -> Result<Build, Stop> {
+    match cell.build {
+        BuildKind::OutOfTree => Ok(out_of_tree(cache, tree, cell, build_key)),
+        BuildKind::InTree => {
+            let log = run.dir.join("build.log");
+            let at = |dir: &Path, ccache| Build { arch: cell.arch, src: dir.to_owned(), obj: dir.to_owned(), kind: cell.build, ccache };
+            let dir = run.phase(Phase::Pristine, |_| {
+                cache
+                    .get_or_make("intree", build_key, |dir| {
+                        tree::copy_tree(&tree.path, dir)?;
+                        at(dir, None).mrproper(&log)
+                    })
+                    .map_err(blame::host)
+            })?;
+            Ok(at(&dir, Some(cache.root().join("ccache"))))
+        }
+    }
+}
+
+/// Configure `build` with the options `want`, keeping the final `.config`
+/// in the cell directory. An option that did not stick is a FAIL naming it.
+pub(super) fn configure(run: &mut Run, build: &Build, want: &kbuild::Config) -> Result<kbuild::Config, Stop> {
+    let got = build.configure(want, &run.dir.join("build.log")).map_err(|e| match e.downcast_ref::<kbuild::NotStuck>() {
+        Some(n) => Verdict::Fail(n.to_string()),
+        None => blame::host(e),
+    })?;
+    copy(&build.obj.join(".config"), &run.dir.join("config"))?;
+    Ok(got)
+}
+
+/// RANDSTRUCT and the module-build archive cannot meet (K15): Kconfig must
+/// drop one when both are asked for. The probe needs gcc's plugin headers
+/// for the cell's compiler, which only the host's has here.
+pub(super) fn randstruct_check(run: &mut Run, build: &Build, cell: &Cell) -> Result<(), Stop> {
+    let name = "Kconfig drops the module-build archive when RANDSTRUCT is on";
+    if !cell.arch.is_host() {
+        return run.check(name, Verdict::Skip("the probe needs gcc plugin headers for the cross compiler; the host-arch cells run it".into()));
+    }
+    let got = build.randstruct_probe(&run.dir.join("randstruct-probe.log")).map_err(blame::of)?;
+    run.check(name, checks::randstruct_verdict(&got))
+}
+
+/// Build the kernel (showing progress against the last build from
+/// scratch) and copy its archive to `built`. With it, the no-op rebuild's
+/// verdict when this make found the kernel built already.
+pub(super) fn build_kernel(
+    run: &mut Run,
+    cache: &Cache,
+    build: &Build,
+    config: &kbuild::Config,
+    cell: &Cell,
+    s: &Settings,
+    built: &Path,
+) -> Result<(kbuild::Artifacts, Option<Verdict>), Stop> {
+    let build_log = run.dir.join("build.log");
+    let image = build.kernel_image();
+    let before = std::fs::metadata(&image).and_then(|m| m.modified()).ok();
+    let archive_before = checks::snapshot(&build.archive()).ok();
+    let from = log_len(&build_log);
+    let estimates = progress::Estimates::in_cache(cache.root());
+    let estimate = format!("{}.build-steps", cell.name);
+    let a = build.build(config, &build_log, s.build_limit, &|m| run.say(m), estimates.get(&estimate)).map_err(blame::of)?;
+    // A build from scratch: its steps are the next one's estimate.
+    if before.is_none() {
+        estimates.set(&estimate, a.steps);
+    }
+    run.kernel_built = before != std::fs::metadata(&image).and_then(|m| m.modified()).ok();
+    copy(&a.archive, built)?;
+    // A make that found the kernel built is a no-op rebuild already.
+    let was_noop = match archive_before {
+        Some(b) if !run.kernel_built => Some(noop_verdict(build, &b, &build_log, from, cell)?).filter(|v| *v == Verdict::Pass),
+        _ => None,
+    };
+    Ok((a, was_noop))
+}
+
+/// The rebuild phase: `make` again must leave the archive alone. When the
+/// build's own make found the kernel built, its verdict (`build_was_noop`)
+/// is this one, and no second make runs.
+pub(super) fn rebuild(run: &mut Run, build: &Build, archive: &Path, build_was_noop: Option<Verdict>, cell: &Cell, s: &Settings) -> Result<(), Stop> {
+    let name = "no-op rebuild leaves the archive alone";
+    if let Some(v) = build_was_noop {
+        tracing::info!("{}: the build's make found the kernel built and left the archive alone: no second make", cell.name);
+        return run.check(name, v);
+    }
+    let before = checks::snapshot(archive).map_err(blame::host)?;
+    let log = run.dir.join("rebuild.log");
+    build.rebuild(&log, s.build_limit).map_err(blame::of)?;
+    run.check(name, noop_verdict(build, &before, &log, 0, cell)?)
+}
+
+/// The no-op rebuild's verdict on the archive as it was `before` and the
+/// make output in `log` after its first `from` bytes. Mainline 6.12 runs
+/// its generator on every build to compare (`CHK`); the series lets make
+/// decide, so not even that may run.
+fn noop_verdict(build: &Build, before: &checks::Snapshot, log: &Path, from: u64, cell: &Cell) -> Result<Verdict, Stop> {
+    let after = checks::snapshot(&build.archive()).map_err(blame::host)?;
+    Ok(checks::noop_rebuild(before, &after, &log_since(log, from), cell.patched))
+}
+
+/// The tracking phase: the archive's `.cmd` file lists its inputs (K16).
+pub(super) fn tracking(run: &mut Run, build: &Build) -> Result<(), Stop> {
+    let cmd = build.obj.join("kernel/.kheaders_data.tar.xz.cmd");
+    let text = std::fs::read_to_string(&cmd).with_context(|| format!("cannot read {}", cmd.display())).map_err(blame::host)?;
+    run.check("the archive's .cmd file tracks the top-level Makefile (K16)", checks::tracked_inputs(&text))
+}
+
+/// The regen checks in a scratch object tree beside the build, or their
+/// passing outcome from the cache, kept under what it depends on
+/// ([`regen::passed_path`]).
+pub(super) fn regen_checks(
+    run: &mut Run,
+    cache: &Cache,
+    tree: &Tree,
+    build_key: &str,
+    build: &Build,
+    archive: &Path,
+    s: &Settings,
+) -> Result<(), Stop> {
+    let passed = regen::passed_path(&cache.root().join("results"), build_key);
+    if let Some(p) = regen::cached(&passed).filter(|_| !s.fresh) {
+        let ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0).saturating_sub(p.at);
+        tracing::info!(
+            "{}: regen passed {} min ago with the same source, series, toolchain, config and steps: not run again (KHTEST_FRESH=1 runs it)",
+            run.name,
+            ago / 60
+        );
+        for name in p.steps {
+            run.cached_check(&name, Verdict::Pass)?;
+        }
+        return Ok(());
+    }
+    let scratch = tree.build_dir(&format!("{build_key}-regen"));
+    let steps = regen::run(build, archive, &scratch, &run.dir, s.build_limit).map_err(blame::of)?;
+    regen::remember(&passed, &steps).map_err(blame::host)?;
+    for (step, v) in steps {
+        run.check(step.name(), v)?;
+    }
+    Ok(())
+}
+
+/// A cell's kernel, up to date in the cache, and the files read from it.
+pub struct Built {
+    pub build: Build,
+    pub archive: PathBuf,
+    pub kernel_image: PathBuf,
+}
+
+/// Configure and build an out-of-tree `cell` (with `want` instead of its
+/// own options, if given) in the cache exactly as [`super::run`] does,
+/// without booting it: a no-op `make` when it is up to date. For the bench
+/// and the guest tests.
+pub fn build_only(project: &Project, matrix: &Matrix, cell: &Cell, s: &Settings, want: Option<kbuild::Config>, log: &Path) -> anyhow::Result<Built> {
+    anyhow::ensure!(cell.build == BuildKind::OutOfTree, "cell {}: only out-of-tree builds can be built on their own", cell.name);
+    let cache = Cache::open(&s.cache_dir)?;
+    let tree = tree::prepare(&cache, s.source.as_ref(), project, cell.kernel, cell.patched, &|_| {})?;
+    let want = match want {
+        Some(w) => w,
+        None => kbuild::requested(cell, &matrix.fragment_paths(cell))?,
+    };
+    let (key, _lock) = lock_build(&cache, &tree, cell, &want)?;
+    let build = out_of_tree(&cache, &tree, cell, &key);
+    build.configure(&want, log)?;
+    build.rebuild(log, s.build_limit)?;
+    Ok(Built { archive: build.archive(), kernel_image: build.kernel_image(), build })
+}
+
+fn log_len(log: &Path) -> u64 {
+    std::fs::metadata(log).map(|m| m.len()).unwrap_or(0)
+}
+
+/// What `log` got after its first `from` bytes.
+fn log_since(log: &Path, from: u64) -> String {
+    let bytes = std::fs::read(log).unwrap_or_default();
+    String::from_utf8_lossy(bytes.get(from as usize..).unwrap_or_default()).into_owned()
+}
+
+pub(super) fn copy(from: &Path, to: &Path) -> Result<(), Stop> {
+    std::fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display())).map(drop).map_err(blame::host)
+}

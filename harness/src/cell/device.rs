@@ -1,0 +1,113 @@
+//! The device lane of a cell: a second guest with the device's userland
+//! runs the kselftest and its port against its own archive. What the
+//! device runs and how it is judged is `crate::device`; this is the lane
+//! that boots it and records the outcome.
+
+use std::time::Instant;
+
+use super::guest::{archive_paths, boot_retrying_once, served};
+use super::host::Host;
+use super::record::{Run, Stop};
+use super::DEVICE_INITRAMFS;
+use crate::blame;
+use crate::device::{self, Expect};
+use crate::phase::Phase;
+use crate::report::Verdict;
+use crate::vm::{Guest, Spec};
+use crate::{checks, image, userland};
+
+/// One test the device runs: what it is called, its guest command, its
+/// part of the phase (and log name), and its TAP's line prefix.
+struct DeviceTest {
+    what: &'static str,
+    cmd: String,
+    part: Phase,
+    prefix: &'static str,
+}
+
+impl Host<'_> {
+    /// The device phase: a second guest, with the device's userland, runs
+    /// the kselftest and its port against its own archive.
+    pub fn device_lane(&self, run: &mut Run) -> Result<(), Stop> {
+        let cell = self.cell;
+        run.phase(Phase::Device, |run| {
+            let mut guest = self.device_guest(run)?;
+            let out = guest.run(Phase::Device.name(), "khtest-device readonly", self.s.timeouts.command).map_err(blame::of_vm)?;
+            run.check("the device guest cannot write to the host (read-only 9p export)", device::readonly_verdict(out.status, &out.text))?;
+            guest.run_ok(Phase::Device.name(), &device::mount_command(&self.tree.path)).map_err(blame::of_vm)?;
+            let tests = [
+                DeviceTest {
+                    what: "kselftest kheaders (make run_tests)",
+                    cmd: device::kselftest_command(&self.tree.path),
+                    part: Phase::DeviceKselftest,
+                    prefix: "# ",
+                },
+                DeviceTest {
+                    what: "kselftest port (kheaders-selftest)",
+                    cmd: device::port_command(archive_paths(cell).last().expect("one path")),
+                    part: Phase::DevicePort,
+                    prefix: "",
+                },
+            ];
+            for test in tests {
+                self.device_test(run, &mut guest, &test)?;
+                if self.artifacts.kheaders_ko.is_some() {
+                    let after = served(&mut guest, &archive_paths(cell), self.s.timeouts.command)?;
+                    run.check(&format!("device: no archive after the {} unloads kheaders.ko", test.what), checks::served_sizes(&after, &[], 0))?;
+                }
+            }
+            guest.shutdown();
+            Ok(())
+        })
+    }
+
+    /// Run one test on the device, again if the guest's clock jumped, and
+    /// judge its TAP.
+    fn device_test(&self, run: &mut Run, guest: &mut Guest, test: &DeviceTest) -> Result<(), Stop> {
+        let limit = self.s.timeouts.command * 11;
+        let t = Instant::now();
+        let mut out = guest.run(Phase::Device.name(), &test.cmd, limit).map_err(blame::of_vm)?;
+        let log = run.dir.join(format!("{}.log", test.part));
+        if device::spurious_timeout(&out.text, t.elapsed().as_secs_f64()) {
+            let first = run.dir.join(format!("{}-clock-jump.log", test.part));
+            device::save(&first, &out.text).map_err(blame::host)?;
+            tracing::warn!(
+                "{}: {}: the runner's timeout fired after {:.0} s of host time, so the guest's clock jumped: run again (first run: {})",
+                self.cell.name,
+                test.what,
+                t.elapsed().as_secs_f64(),
+                first.display()
+            );
+            out = guest.run(Phase::Device.name(), &test.cmd, limit).map_err(blame::of_vm)?;
+        }
+        run.part(test.part, t);
+        device::save(&log, &out.text).map_err(blame::host)?;
+        let v = match device::judge(test.what, &out.text, test.prefix, Expect::of(self.cell)) {
+            Verdict::Fail(r) => Verdict::Fail(format!("{r}\n  log: {}", log.display())),
+            Verdict::Error(r) => Verdict::Error(format!("{r}\n  log: {}, console: {}", log.display(), guest.console_log().display())),
+            v => v,
+        };
+        run.check(&format!("device: {}", test.what), v)
+    }
+
+    /// The device's userland, the port built for it, its initramfs, and
+    /// the guest booted with them.
+    fn device_guest(&self, run: &mut Run) -> Result<Guest, Stop> {
+        let cell = self.cell;
+        let userland = userland::prepare(self.cache, cell.arch, &|m| run.say(m)).map_err(blame::host)?;
+        // In the cache: copies of the repository (put-faults-back.sh) share it.
+        let port_target = self.cache.root().join("device-port");
+        let port = device::port_binary(self.project, cell.arch, &port_target, &run.dir.join("device-port-build.log")).map_err(blame::host)?;
+        let initrd = run.dir.join(DEVICE_INITRAMFS);
+        let programs = [self.project.images_dir().join("khtest-device"), port];
+        image::make(&self.project.images_dir(), cell.arch, self.artifacts.kheaders_ko.as_slice(), &programs, &initrd).map_err(blame::host)?;
+        // Measured: -smp 2 saves nothing, kbuild's probes run one by one.
+        let spec = Spec::new(cell.arch, &self.artifacts.kernel_image, &initrd, &run.dir.join("device"), self.s.timeouts)
+            .memory(device::MEMORY_MIB)
+            .shares(device::shares(&userland, &self.tree.path));
+        let t = Instant::now();
+        let guest = boot_retrying_once(&spec, &mut run.retries)?;
+        run.part(Phase::DeviceBoot, t);
+        Ok(guest)
+    }
+}

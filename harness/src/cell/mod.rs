@@ -1,0 +1,189 @@
+//! One cell through every stage: preflight → tree → configure → build →
+//! rebuild → regen → image, then lanes at once: the guest (boot → pull →
+//! load), the host's (extract, then modbuild beside bpf; the kselftest;
+//! from-image) and the device's. This file is the flow and nothing else:
+//! [`record`] times the phases and keeps the checks, [`build`] is the
+//! build glue, [`guest`] the guest's protocol, [`host`] the host's lanes
+//! and [`device`] the device lane. The first phase that stops (in flow
+//! order, across lanes) gives the cell its verdict: FAIL (the kernel's
+//! fault) or ERROR (the harness's or the host's), as [`crate::blame`] says.
+
+mod build;
+mod device;
+mod guest;
+mod host;
+mod record;
+
+use std::path::PathBuf;
+use std::thread::{Scope, ScopedJoinHandle};
+use std::time::Duration;
+
+pub use build::{build_key, build_only, Built};
+pub use guest::boot_retrying_once;
+pub use record::Progress;
+
+use crate::blame;
+use crate::matrix::{Cell, Matrix};
+use crate::phase::Phase;
+use crate::report::{cell_dir, CellReport, Verdict};
+use crate::tree::{self, Source};
+use crate::vm::{Spec, Timeouts};
+use crate::{image, kbuild, Project};
+use host::Host;
+use record::{Run, Stop};
+
+/// What every cell of a run shares.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub cache_dir: PathBuf,
+    pub out_dir: PathBuf,
+    /// `--tree`: one source for every cell (default: each cell's kernel
+    /// from Debian).
+    pub source: Option<Source>,
+    pub timeouts: Timeouts,
+    /// The longest a kernel build may take.
+    pub build_limit: Duration,
+    /// Keep the bulky artifacts (the initramfs) of passing cells too;
+    /// failing cells always keep everything, and every cell its unpacked
+    /// archive (`headers/`, rewritten in place by the next run).
+    pub keep: bool,
+    /// The command that reruns one cell, with `{cell}` for its name.
+    pub rerun: String,
+    /// Run the checks whose passing outcome is cached (regen) again.
+    pub fresh: bool,
+}
+
+impl Settings {
+    /// The defaults: the shared cache, this repository's output directory,
+    /// each cell's kernel from Debian, the usual timeouts, a one-hour build
+    /// limit, `KHTEST_FRESH` from the environment. `rerun` reruns a cell.
+    pub fn new(project: &Project, rerun: impl Into<String>) -> Settings {
+        Settings {
+            cache_dir: crate::default_cache_dir(),
+            out_dir: project.default_out_dir(),
+            source: None,
+            timeouts: Timeouts::default(),
+            build_limit: Duration::from_secs(3600),
+            keep: false,
+            rerun: rerun.into(),
+            fresh: crate::fresh_from_env(),
+        }
+    }
+}
+
+/// The device guest's initramfs, in the cell directory.
+const DEVICE_INITRAMFS: &str = "device-initramfs.cpio";
+
+/// The cell directory's unpacked archive, kept from one run to the next.
+const HEADERS: &str = "headers";
+
+/// Run `cell` and report; never panics on a cell's failure.
+pub fn run(project: &Project, matrix: &Matrix, cell: &Cell, settings: &Settings, progress: Progress) -> CellReport {
+    let dir = cell_dir(&settings.out_dir, &cell.name);
+    let mut run = Run::new(&cell.name, dir.clone(), progress);
+    let mut verdict = match steps(&mut run, project, matrix, cell, settings) {
+        Ok(()) => Verdict::Pass,
+        Err(v) => v,
+    };
+    if let Some(sig) = crate::process::interrupted() {
+        verdict = Verdict::Error(format!("interrupted by signal {sig}; a rerun starts this cell again"));
+    }
+    if verdict == Verdict::Pass && !settings.keep {
+        let _ = std::fs::remove_file(dir.join("initramfs.cpio"));
+        let _ = std::fs::remove_file(dir.join(DEVICE_INITRAMFS));
+    }
+    let report = CellReport {
+        cell: cell.name.clone(),
+        failed_phase: if verdict == Verdict::Pass { None } else { run.current },
+        verdict,
+        phases: run.phases,
+        checks: run.checks,
+        kernel_built: run.kernel_built,
+        retries: run.retries,
+        dir,
+        reproducer: settings.rerun.replace("{cell}", &cell.name),
+    };
+    if let Err(e) = report.write_json() {
+        tracing::warn!("{e:#}");
+    }
+    report
+}
+
+/// The phases up to the image, one after the other; then the lanes.
+fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Settings) -> Result<(), Stop> {
+    let cache = run.phase(Phase::Preflight, |run| build::preflight(run, cell, s))?;
+    let tree = run.phase(Phase::Tree, |run| {
+        tree::prepare(&cache, s.source.as_ref(), project, cell.kernel, cell.patched, &|m| run.say(m)).map_err(blame::host)
+    })?;
+    let want = kbuild::requested(cell, &matrix.fragment_paths(cell)).map_err(blame::host)?;
+    let (build_key, _build_lock) = build::lock_build(&cache, &tree, cell, &want).map_err(blame::host)?;
+    let build = build::object_tree(run, &cache, &tree, cell, &build_key)?;
+    let config = run.phase(Phase::Configure, |run| build::configure(run, &build, &want))?;
+    if cell.modbuild {
+        run.phase(Phase::Randstruct, |run| build::randstruct_check(run, &build, cell))?;
+    }
+    // The cell's copy of the build's archive: every later check reads it.
+    let built = run.dir.join("kheaders_data.tar.xz");
+    let (artifacts, build_was_noop) = run.phase(Phase::Build, |run| build::build_kernel(run, &cache, &build, &config, cell, s, &built))?;
+    run.phase(Phase::Rebuild, |run| build::rebuild(run, &build, &artifacts.archive, build_was_noop, cell, s))?;
+    if cell.patched && cell.modbuild {
+        run.phase(Phase::Tracking, |run| build::tracking(run, &build))?;
+    }
+    if cell.regen {
+        run.phase(Phase::Regen, |run| build::regen_checks(run, &cache, &tree, &build_key, &build, &artifacts.archive, s))?;
+    }
+    let initrd = run.dir.join("initramfs.cpio");
+    run.phase(Phase::Image, |_| image::make(&project.images_dir(), cell.arch, artifacts.kheaders_ko.as_slice(), &[], &initrd).map_err(blame::host))?;
+    let spec = Spec::new(cell.arch, &artifacts.kernel_image, &initrd, &run.dir, s.timeouts);
+    let host = Host { project, cell, s, cache: &cache, tree: &tree, build: &build, artifacts: &artifacts, built: &built };
+    lanes(run, host, &spec)
+}
+
+/// The host's checks only need the build's archive (the pull proves the
+/// guest serves the same bytes), so they run while the guest boots, in
+/// lanes: unpack, then build the test module (which the load waits for)
+/// beside the eBPF program; the kselftest, which unpacks and builds on
+/// its own and takes longest; the archive out of the kernel files; and
+/// the device.
+fn lanes(run: &mut Run, host: Host<'_>, spec: &Spec) -> Result<(), Stop> {
+    let (cell, s) = (host.cell, host.s);
+    let (ko_tx, ko_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        let lanes = [
+            spawn_lane(scope, run.lane(), move |rec| host.modbuild_lane(rec, ko_tx)),
+            spawn_lane(scope, run.lane(), move |rec| host.selftest_lane(rec)),
+            spawn_lane(scope, run.lane(), move |rec| host.image_lane(rec)),
+            spawn_lane(scope, run.lane(), move |rec| host.device_lane(rec)),
+        ];
+        let guest = guest::boot_and_pull(run, cell, s, spec, host.built, host.artifacts.kheaders_ko.is_some()).and_then(|mut guest| {
+            // No module comes if the lane stopped or the archive has
+            // headers only: the lane's own result says which.
+            let r = match ko_rx.recv() {
+                Ok(ko) => run.phase(Phase::Load, |run| guest::load(run, &mut guest, &ko, cell, s)),
+                Err(_) => Ok(()),
+            };
+            guest.shutdown();
+            r
+        });
+        let mut stops = vec![(run.current, guest)];
+        for lane in lanes {
+            let (rec, r) = lane.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            stops.push((rec.current, r));
+            run.merge(rec);
+        }
+        run.phases.sort_by(|a, b| a.start.total_cmp(&b.start));
+        run.stop_first(stops)
+    })
+}
+
+/// Run `lane` on its own thread with its own record `rec`.
+fn spawn_lane<'scope, 'a: 'scope>(
+    scope: &'scope Scope<'scope, '_>,
+    mut rec: Run<'a>,
+    lane: impl FnOnce(&mut Run<'a>) -> Result<(), Stop> + Send + 'scope,
+) -> ScopedJoinHandle<'scope, (Run<'a>, Result<(), Stop>)> {
+    scope.spawn(move || {
+        let r = lane(&mut rec);
+        (rec, r)
+    })
+}
