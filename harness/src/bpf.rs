@@ -111,13 +111,8 @@ pub fn compile(program: &Path, headers: &Path, arch: Arch, work: &Path, log: &Pa
         Ok(o) => return Verdict::Error(format!("llvm-objdump failed: {}", String::from_utf8_lossy(&o.stderr))),
         Err(e) => return Verdict::Error(format!("cannot run llvm-objdump (Debian package llvm): {e:#}")),
     };
-    let machine = std::fs::read(&obj).ok().and_then(|b| elf_machine(&b));
+    let machine = std::fs::read(&obj).ok().and_then(|b| crate::elf::machine(&b));
     judge(machine, &dump)
-}
-
-/// `e_machine` of a little-endian ELF file.
-pub fn elf_machine(bytes: &[u8]) -> Option<u16> {
-    (bytes.len() >= 20 && bytes.starts_with(b"\x7fELF") && bytes[5] == 1).then(|| u16::from_le_bytes([bytes[18], bytes[19]]))
 }
 
 /// The object must be BPF, with a non-empty program section calling the
@@ -162,16 +157,6 @@ mod tests {
         assert!(matches!(judge(Some(EM_BPF), &empty), Verdict::Fail(m) if m.contains("empty")));
         let no_calls = DUMP.replace("call 113", "exit");
         assert!(matches!(judge(Some(EM_BPF), &no_calls), Verdict::Fail(m) if m.contains("call 113")));
-    }
-
-    #[test]
-    fn reads_e_machine() {
-        let mut h = vec![0u8; 64];
-        h[..4].copy_from_slice(b"\x7fELF");
-        h[5] = 1;
-        h[18] = 247;
-        assert_eq!(elf_machine(&h), Some(EM_BPF));
-        assert_eq!(elf_machine(b"not elf"), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use kheaders_selftest::{archive, contents, modbuild};
 use crate::buildlog;
 use crate::matrix::Arch;
 use crate::report::Verdict;
+use crate::tap;
 
 /// The pulled archive must be the build's archive, byte for byte.
 pub fn same_bytes(pulled: &Path, built: &Path) -> Verdict {
@@ -197,15 +198,9 @@ fn modbuild_failure(command: &str, log: &Path) -> String {
     let mut why = format!("`{command}` failed");
     match failure.line {
         Some(n) if !failure.lines.is_empty() => why += &format!("; first errors (line {n}):\n{}", failure.quote("    ")),
-        _ => why += &format!("; the log names no error, it ends:\n    {}\n", tail_lines(log, 10).join("\n    ")),
+        _ => why += &format!("; the log names no error, it ends:\n    {}\n", crate::process::tail(log, 10).replace('\n', "\n    ")),
     }
     why + &format!("  log: {}", log.display())
-}
-
-fn tail_lines(path: &Path, n: usize) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let v: Vec<String> = text.lines().map(str::to_owned).collect();
-    v[v.len().saturating_sub(n)..].to_vec()
 }
 
 /// The ELF machine of a file that starts with an ELF header, if it does.
@@ -213,9 +208,7 @@ pub fn elf_machine(path: &Path) -> Option<u16> {
     use std::io::Read;
     let mut head = [0u8; 20];
     std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
-    // e_machine, in the byte order of EI_DATA (1: little endian).
-    let m = [head[18], head[19]];
-    (head[..4] == *b"\x7fELF").then(|| if head[5] == 1 { u16::from_le_bytes(m) } else { u16::from_be_bytes(m) })
+    crate::elf::machine(&head)
 }
 
 /// Every ELF file of the unpacked archive at `root` is for `arch`: the
@@ -291,49 +284,19 @@ fn spdx_line(path: &Path) -> Option<String> {
 /// subtests (module load on the host) are the script's business.
 pub fn kselftest_tap(text: &str, test: &str) -> Verdict {
     let name = format!("selftests: {test}");
-    let Some(line) = text.lines().map(str::trim).find(|l| {
-        let rest = l.strip_prefix("not ").unwrap_or(l);
-        rest.starts_with("ok ") && rest.contains(&name)
-    }) else {
+    let Some(r) = tap::parse(text, "").results.into_iter().find(|r| r.name == name) else {
         return Verdict::Fail(format!("the kselftest output has no result line for {name}"));
     };
-    if line.starts_with("not ok") {
-        return Verdict::Fail(format!("{line}{}", failed_subtests(text)));
+    if !r.ok {
+        let failed: String = tap::parse(text, "# ").results.iter().filter(|s| !s.ok).map(|s| format!("\n  {}{}", s.line, s.why())).collect();
+        return Verdict::Fail(format!("{}{failed}", r.line));
     }
-    if let Some((_, why)) = line.split_once("# SKIP") {
-        return Verdict::Fail(format!("the kselftest skipped itself:{why}"));
+    if let Some(why) = r.skip() {
+        return Verdict::Fail(format!("the kselftest skipped itself: {why}"));
     }
     Verdict::Pass
 }
 
-/// Each `not ok` subtest of the kselftest runner's output (its lines
-/// prefixed `# `), with what its diagnostics (`# # ...`) say went wrong:
-/// a build log's first errors, or else their last lines.
-fn failed_subtests(text: &str) -> String {
-    let mut out = String::new();
-    let mut diag: Vec<&str> = Vec::new();
-    for l in text.lines() {
-        let Some(sub) = l.trim_start().strip_prefix("# ") else { continue };
-        if let Some(d) = sub.strip_prefix("# ").or_else(|| (sub == "#").then_some("")) {
-            diag.push(d);
-            continue;
-        }
-        if sub.starts_with("not ok ") {
-            out += &format!("\n  {sub}");
-            let f = buildlog::first_failure(&diag.join("\n"));
-            let why = if f.lines.is_empty() { diag[diag.len().saturating_sub(3)..].iter().map(|l| l.to_string()).collect() } else { f.lines };
-            for w in why {
-                out += &format!("\n    {w}");
-            }
-        }
-        if sub.starts_with("ok ") || sub.starts_with("not ok ") {
-            diag.clear();
-        }
-    }
-    out
-}
-
-/// The test module's messages, as `selftests/kheaders/testmod/test.c` prints them.
 pub use kheaders_selftest::load::{GOODBYE, HELLO};
 
 /// `dmesg` output after a step must contain `line`.

@@ -1,4 +1,4 @@
-//! Stage 5, the device: what a device with no host does with its own
+//! The device: what a device with no host does with its own
 //! archive. A second guest boots with the device's userland ([`userland`])
 //! and the kernel tree shared read-only over virtio-9p, and runs inside
 //! it, against the running kernel's archive:
@@ -10,7 +10,8 @@
 //!
 //! Both unpack the archive, build the test module with the guest's own
 //! compiler and the archive's own host programs, and load it. Each is
-//! judged by its four TAP results ([`judge`]).
+//! judged by its four TAP results ([`judge`]). The lane that boots the
+//! guest and records the outcome is `cell/device.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,10 +19,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::buildlog;
 use crate::matrix::{Arch, Cell, ModuleLoad};
-use crate::process::run_logged;
+use crate::process::{last_lines, run_logged};
 use crate::report::Verdict;
+use crate::tap::{self, Plan};
 use crate::vm::Share;
 use crate::Project;
 
@@ -129,58 +130,15 @@ impl Expect {
     }
 }
 
-/// One TAP result line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TapResult {
-    pub number: usize,
-    pub ok: bool,
-    pub name: String,
-    /// `# SKIP` and its reason.
-    pub skip: Option<String>,
-    /// The diagnostic lines (`# ...`) printed before it.
-    pub diag: Vec<String>,
-}
-
-/// The plan (`1..N`, with a whole-test skip's reason) and the results of
-/// the TAP in `text` whose lines start with `prefix` (`"# "` for a test's
-/// output nested in the kselftest runner's, `""` for the port's).
-pub fn parse_tap(text: &str, prefix: &str) -> (Option<(usize, Option<String>)>, Vec<TapResult>) {
-    let (mut plan, mut results, mut diag) = (None, Vec::new(), Vec::new());
-    for line in text.lines() {
-        let Some(l) = line.trim_end().strip_prefix(prefix) else { continue };
-        if let Some(d) = l.strip_prefix("# ").or_else(|| (l == "#").then_some("")) {
-            diag.push(d.to_owned());
-        } else if let Some(p) = l.strip_prefix("1..") {
-            let (n, why) = p.split_once(" # SKIP").map_or((p, None), |(n, w)| (n, Some(w.trim().to_owned())));
-            plan = n.trim().parse().ok().map(|n| (n, why));
-        } else if let Some(r) = parse_result(l) {
-            results.push(TapResult { diag: std::mem::take(&mut diag), ..r });
-        }
-    }
-    (plan, results)
-}
-
-fn parse_result(l: &str) -> Option<TapResult> {
-    let (ok, rest) = match l.strip_prefix("not ok ") {
-        Some(r) => (false, r),
-        None => (true, l.strip_prefix("ok ")?),
-    };
-    let (num, rest) = rest.split_once(' ').unwrap_or((rest, ""));
-    let (name, skip) = match rest.split_once(" # SKIP") {
-        Some((n, why)) => (n, Some(why.trim().to_owned())),
-        None => (rest, None),
-    };
-    Some(TapResult { number: num.parse().ok()?, ok, name: name.trim().to_owned(), skip, diag: Vec::new() })
-}
-
 /// Whether `text` reports a kselftest runner TIMEOUT that cannot be real:
 /// its `timeout set to N` is longer than the `host_secs` the whole command
 /// took on the host. The guest's clock jumped (seen here when the machine
 /// running QEMU was paused and resumed); the command deserves a second run.
 pub fn spurious_timeout(text: &str, host_secs: f64) -> bool {
-    let timed_out = text.lines().any(|l| l.starts_with("not ok ") && l.contains("# TIMEOUT"));
-    let set = text.lines().find_map(|l| l.trim_start_matches("# ").strip_prefix("timeout set to ")?.trim().parse::<f64>().ok());
-    timed_out && set.is_some_and(|t| host_secs < t)
+    let runner = tap::parse(text, "");
+    let Some(r) = runner.results.iter().find(|r| r.timed_out()) else { return false };
+    let set = r.diag.iter().find_map(|d| d.strip_prefix("timeout set to ")?.trim().parse::<f64>().ok());
+    set.is_some_and(|t| host_secs < t)
 }
 
 /// The verdict on one test's TAP (`what` names it): four results, as
@@ -188,28 +146,28 @@ pub fn spurious_timeout(text: &str, host_secs: f64) -> bool {
 /// userland: ERROR, with its reason.
 pub fn judge(what: &str, text: &str, prefix: &str, expect: Expect) -> Verdict {
     // The kselftest runner ends a test at its settings' timeout.
-    if let Some(l) = text.lines().find(|l| l.starts_with("not ok ") && l.contains("# TIMEOUT")) {
-        return Verdict::Error(format!("{what} hung on the device and was ended: {l}"));
+    if let Some(r) = tap::parse(text, "").results.iter().find(|r| !r.ok && r.timed_out()) {
+        return Verdict::Error(format!("{what} hung on the device and was ended: {}", r.line));
     }
-    let (plan, results) = parse_tap(text, prefix);
-    match plan {
-        Some((0, why)) => return Verdict::Error(format!("{what} skipped itself on the device: {}", why.unwrap_or_default())),
-        Some((4, _)) => {}
-        Some((n, _)) => return Verdict::Fail(format!("{what}: a plan of {n} results, not 4")),
-        None => return Verdict::Fail(format!("{what} printed no TAP plan; its output ends:\n    {}", last_lines(text, 8))),
+    let tap = tap::parse(text, prefix);
+    match tap.plan {
+        Some(Plan { count: 0, skip }) => return Verdict::Error(format!("{what} skipped itself on the device: {}", skip.unwrap_or_default())),
+        Some(Plan { count: 4, .. }) => {}
+        Some(Plan { count, .. }) => return Verdict::Fail(format!("{what}: a plan of {count} results, not 4")),
+        None => return Verdict::Fail(format!("{what} printed no TAP plan; its output ends:\n    {}", last_lines(text, 8).join("\n    "))),
     }
     let mut problems = Vec::new();
     for n in 1..=4 {
-        let Some(r) = results.iter().find(|r| r.number == n) else {
+        let Some(r) = tap.result(n) else {
             problems.push(format!("no result {n}"));
             continue;
         };
         let headers_only = expect == Expect::HeadersOnly && n >= 3;
         if !r.ok {
-            problems.push(format!("not ok {n} {}{}", r.name, why(&r.diag)));
-        } else if headers_only && r.skip.as_deref().is_none_or(str::is_empty) {
+            problems.push(format!("not ok {n} {}{}", r.name, r.why()));
+        } else if headers_only && r.skip().is_none_or(str::is_empty) {
             problems.push(format!("result {n} ({}) must be skipped with a reason: the archive has headers only", r.name));
-        } else if let (Some(skip), false) = (&r.skip, headers_only) {
+        } else if let (Some(skip), false) = (r.skip(), headers_only) {
             problems.push(format!("result {n} ({}) was skipped: {skip}", r.name));
         } else if n == 4 && !headers_only && r.name != expect.load_name() {
             problems.push(format!("result 4 is '{}', not '{}'", r.name, expect.load_name()));
@@ -220,19 +178,6 @@ pub fn judge(what: &str, text: &str, prefix: &str, expect: Expect) -> Verdict {
     } else {
         Verdict::Fail(format!("{what}: {}", problems.join("\n  ")))
     }
-}
-
-/// What a failed result's diagnostics say went wrong: a build log's
-/// first errors, else its last lines.
-fn why(diag: &[String]) -> String {
-    let f = buildlog::first_failure(&diag.join("\n"));
-    let lines = if f.lines.is_empty() { diag[diag.len().saturating_sub(3)..].to_vec() } else { f.lines };
-    lines.iter().map(|l| format!("\n    {l}")).collect()
-}
-
-fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n    ")
 }
 
 /// Write a guest command's output to the cell's `log`.
@@ -251,9 +196,9 @@ mod tests {
     #[test]
     fn four_oks_pass_and_the_runners_own_line_is_not_a_result() {
         assert_eq!(judge("kselftest", RUNNER_PASS, "# ", Expect::Loads), Verdict::Pass);
-        let (_, results) = parse_tap(RUNNER_PASS, "# ");
-        assert_eq!(results.len(), 4);
-        assert_eq!(results[0].diag, ["archive: /sys/kernel/kheaders.tar.xz"]);
+        let tap = tap::parse(RUNNER_PASS, "# ");
+        assert_eq!(tap.results.len(), 4);
+        assert_eq!(tap.results[0].diag, ["archive: /sys/kernel/kheaders.tar.xz"]);
     }
 
     #[test]

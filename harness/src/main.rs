@@ -1,7 +1,8 @@
-//! `khtest`: run the kheaders matrix (see README.md).
+//! `khtest`: run the kheaders matrix (see README.md). Each subcommand is a
+//! function here; its exit statuses are `exit_codes.rs`'s.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -11,7 +12,7 @@ use khtest::cell::{self, Settings};
 use khtest::matrix::Matrix;
 use khtest::progress::Printer;
 use khtest::tree::Source;
-use khtest::{report, Project};
+use khtest::{exit_codes, report, Project};
 
 #[derive(Parser)]
 #[command(version, about = "Build, boot and check kernels with the in-kernel headers archive")]
@@ -114,100 +115,144 @@ impl Place {
     }
 }
 
-/// Progress lines with the elapsed time: bold on a terminal, plain in logs.
 /// Progress lines with the elapsed time: a live status line on a terminal,
 /// plain lines (a status at least every 30 s) in logs.
 fn progress_printer() -> Printer {
-    Printer::new(std::io::stderr().is_terminal())
+    let terminal = std::io::stderr().is_terminal();
+    Printer::new(terminal, colour(terminal))
+}
+
+/// Colour only on a terminal, and never with `NO_COLOR` set (no-color.org).
+fn colour(terminal: bool) -> bool {
+    terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// An error with the exit status it ends khtest with (exit_codes.rs).
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+trait ExitAs<T> {
+    /// On error, exit with `code`.
+    fn exit_as(self, code: u8) -> Result<T, Failure>;
+}
+
+impl<T, E: Into<anyhow::Error>> ExitAs<T> for std::result::Result<T, E> {
+    fn exit_as(self, code: u8) -> Result<T, Failure> {
+        self.map_err(|e| Failure { code, error: e.into() })
+    }
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KHTEST_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(colour(std::io::stderr().is_terminal()))
         .with_target(false)
         .without_time()
         .init();
-    match real_main() {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("khtest: error: {e:#}");
-            ExitCode::from(report::EXIT_USAGE)
+    match real_main(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("khtest: error: {:#}", f.error);
+            ExitCode::from(f.code)
         }
     }
 }
 
-fn real_main() -> Result<ExitCode> {
-    let cli = Cli::parse();
-    khtest::process::stop_children_on_signals()?;
+fn real_main(cli: Cli) -> Result<u8, Failure> {
+    khtest::process::stop_children_on_signals().exit_as(exit_codes::HOST_ERROR)?;
     let project = Project::locate();
     let matrix_path = cli.matrix.clone().unwrap_or_else(|| project.default_matrix());
-    let load = || Matrix::load(&matrix_path);
+    let load = || Matrix::load(&matrix_path).exit_as(exit_codes::USAGE);
     match cli.command {
-        Cmd::List { json } => {
-            let matrix = load()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&matrix.cells)?);
-            } else {
-                for c in &matrix.cells {
-                    println!("{:24} {}", c.name, c.description);
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::List { json } => list(&load()?, json),
         Cmd::Run { cells, place, keep, fresh } => {
             let matrix = load()?;
-            let selected = matrix.select(&cells)?;
-            let base = place.settings(&project, cli.matrix.as_ref())?;
-            let settings = Settings { keep, fresh: fresh || base.fresh, ..base };
-            let printer = progress_printer();
-            let mut reports = Vec::new();
-            for c in selected {
-                if khtest::process::interrupted().is_some() {
-                    break;
-                }
-                let r = cell::run(&project, &matrix, c, &settings, &|m| printer.print(m));
-                printer.end_live_line();
-                eprintln!("{}", r.explain());
-                reports.push(r);
-            }
-            print!("{}", report::table(&reports));
-            println!("results: {}", settings.out_dir.display());
-            if let Some(sig) = khtest::process::interrupted() {
-                return Ok(ExitCode::from(128 + sig as u8));
-            }
-            Ok(ExitCode::from(report::exit_code(&reports)))
+            let base = place.settings(&project, cli.matrix.as_ref()).exit_as(exit_codes::USAGE)?;
+            run(&project, &matrix, &cells, Settings { keep, fresh: fresh || base.fresh, ..base })
         }
         Cmd::Tree { place, unpatched, kernel } => {
-            let s = place.settings(&project, None)?;
-            let cache = khtest::cache::Cache::open(&s.cache_dir)?;
-            let printer = khtest::progress::Printer::new(std::io::stderr().is_terminal());
-            let tree = khtest::tree::prepare(&cache, s.source.as_ref(), &project, kernel, !unpatched, &|m| printer.print(m))?;
-            println!("{}", tree.path.display());
-            Ok(ExitCode::SUCCESS)
+            let s = place.settings(&project, None).exit_as(exit_codes::USAGE)?;
+            tree(&project, &s, kernel, !unpatched).exit_as(exit_codes::HOST_ERROR)
         }
-        Cmd::Extract { image, output } => {
-            let found = khtest::extract::from_file(&image)?;
-            std::fs::write(&output, &found.archive).with_context(|| format!("cannot write {}", output.display()))?;
-            let place = match found.inside {
-                None => format!("at offset {}", found.offset),
-                Some((kind, at)) => format!("at offset {} of the {kind} payload at offset {at}", found.offset),
-            };
-            println!("{}: {} bytes {place} of {}", output.display(), found.archive.len(), image.display());
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Bench { place, reps, whole_matrix: whole, cold } => {
+        Cmd::Extract { image, output } => extract(&image, &output),
+        Cmd::Bench { place, reps, whole_matrix, cold } => {
             let matrix = load()?;
-            let settings = place.settings(&project, cli.matrix.as_ref())?;
-            let opts = khtest::bench::Options { reps: reps.max(1), matrix: whole, cold };
-            let printer = progress_printer();
-            let figures = khtest::bench::run(&project, &matrix, &settings, &opts, &|m| printer.print(m))?;
-            printer.end_live_line();
-            print!("{}", khtest::bench::markdown(&figures));
-            println!("\nwritten to {}", settings.out_dir.join("bench").display());
-            Ok(ExitCode::SUCCESS)
+            let settings = place.settings(&project, cli.matrix.as_ref()).exit_as(exit_codes::USAGE)?;
+            let opts = khtest::bench::Options { reps: reps.max(1), matrix: whole_matrix, cold };
+            bench(&project, &matrix, &settings, &opts).exit_as(exit_codes::BENCH_FAILED)
         }
     }
+}
+
+/// `khtest list`: the cells, as a table or JSON.
+fn list(matrix: &Matrix, json: bool) -> Result<u8, Failure> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&matrix.cells).exit_as(exit_codes::HOST_ERROR)?);
+    } else {
+        for c in &matrix.cells {
+            println!("{:24} {}", c.name, c.description);
+        }
+    }
+    Ok(exit_codes::OK)
+}
+
+/// `khtest run`: each selected cell, its explanation as it ends, then the
+/// table; the status says who has to act.
+fn run(project: &Project, matrix: &Matrix, cells: &[String], settings: Settings) -> Result<u8, Failure> {
+    let selected = matrix.select(cells).exit_as(exit_codes::USAGE)?;
+    let printer = progress_printer();
+    let mut reports = Vec::new();
+    for c in selected {
+        if khtest::process::interrupted().is_some() {
+            break;
+        }
+        let r = cell::run(project, matrix, c, &settings, &|m| printer.print(m));
+        printer.end_live_line();
+        eprintln!("{}", r.explain());
+        reports.push(r);
+    }
+    print!("{}", report::table(&reports));
+    println!("results: {}", settings.out_dir.display());
+    if let Some(sig) = khtest::process::interrupted() {
+        return Ok(exit_codes::INTERRUPTED_BASE.saturating_add(sig as u8));
+    }
+    Ok(exit_codes::of_run(&reports))
+}
+
+/// `khtest tree`: the prepared tree's path.
+fn tree(project: &Project, s: &Settings, kernel: khtest::matrix::Kernel, patched: bool) -> Result<u8> {
+    let cache = khtest::cache::Cache::open(&s.cache_dir)?;
+    let printer = progress_printer();
+    let tree = khtest::tree::prepare(&cache, s.source.as_ref(), project, kernel, patched, &|m| printer.print(m))?;
+    println!("{}", tree.path.display());
+    Ok(exit_codes::OK)
+}
+
+/// `khtest extract`: the archive out of a kernel file. A file with no
+/// readable archive is bad input; failing to write the output is the host's.
+fn extract(image: &Path, output: &Path) -> Result<u8, Failure> {
+    let found = khtest::extract::from_file(image).exit_as(exit_codes::BAD_INPUT)?;
+    std::fs::write(output, &found.archive).with_context(|| format!("cannot write {}", output.display())).exit_as(exit_codes::HOST_ERROR)?;
+    let place = match found.inside {
+        None => format!("at offset {}", found.offset),
+        Some((kind, at)) => format!("at offset {} of the {kind} payload at offset {at}", found.offset),
+    };
+    println!("{}: {} bytes {place} of {}", output.display(), found.archive.len(), image.display());
+    Ok(exit_codes::OK)
+}
+
+/// `khtest bench`: every figure, as markdown, and where it was written.
+fn bench(project: &Project, matrix: &Matrix, settings: &Settings, opts: &khtest::bench::Options) -> Result<u8> {
+    let printer = progress_printer();
+    let figures = khtest::bench::run(project, matrix, settings, opts, &|m| printer.print(m))?;
+    printer.end_live_line();
+    print!("{}", khtest::bench::markdown(&figures));
+    println!("\nwritten to {}", settings.out_dir.join("bench").display());
+    Ok(exit_codes::OK)
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ pub const PLAIN_EVERY: Duration = Duration::from_secs(30);
 pub struct Printer {
     start: Instant,
     terminal: bool,
+    /// Bold stamps: only on a terminal that wants colour.
+    colour: bool,
     state: Mutex<State>,
 }
 
@@ -32,8 +34,8 @@ struct State {
 }
 
 impl Printer {
-    pub fn new(terminal: bool) -> Printer {
-        Printer { start: Instant::now(), terminal, state: Mutex::new(State { last_line: Instant::now(), live: false }) }
+    pub fn new(terminal: bool, colour: bool) -> Printer {
+        Printer { start: Instant::now(), terminal, colour: terminal && colour, state: Mutex::new(State { last_line: Instant::now(), live: false }) }
     }
 
     /// What to print for `msg`, if anything now: the text, and whether it
@@ -55,7 +57,11 @@ impl Printer {
             }
             None => {
                 st.last_line = Instant::now();
-                let line = if self.terminal { format!("{clear}\x1b[1m{stamp}\x1b[0m {msg}") } else { format!("{stamp} {msg}") };
+                let line = match (self.terminal, self.colour) {
+                    (true, true) => format!("{clear}\x1b[1m{stamp}\x1b[0m {msg}"),
+                    (true, false) => format!("{clear}{stamp} {msg}"),
+                    (false, _) => format!("{stamp} {msg}"),
+                };
                 Some((line, false))
             }
         }
@@ -193,7 +199,7 @@ mod tests {
 
     #[test]
     fn off_a_terminal_a_status_is_a_line_every_30_s_and_on_one_a_live_line() {
-        let plain = Printer::new(false);
+        let plain = Printer::new(false, true);
         assert_eq!(plain.render("x86_64-y-o: build").map(|(_, live)| live), Some(false));
         assert!(plain.render("\rbuild: 1%").is_none(), "no status line until 30 s after the last line");
         plain.state.lock().unwrap().last_line -= PLAIN_EVERY;
@@ -201,11 +207,17 @@ mod tests {
         assert!(!live && text.ends_with("build: 40%") && !text.contains('\r'), "{text:?}");
         assert!(plain.render("\rbuild: 41%").is_none());
 
-        let tty = Printer::new(true);
+        let tty = Printer::new(true, true);
         let (text, live) = tty.render("\rbuild: 1%").unwrap();
         assert!(live && text.starts_with("\r\x1b[K") && text.ends_with("build: 1%"));
         let (text, live) = tty.render("x86_64-y-o: rebuild").unwrap();
         assert!(!live && text.starts_with("\r\x1b[K"), "the live line is cleared first: {text:?}");
+        assert!(text.contains("\x1b[1m"), "bold stamps on a terminal: {text:?}");
+        let (text, _) = plain.render("x86_64-y-o: load").unwrap();
+        assert!(!text.contains('\x1b'), "no escape codes off a terminal: {text:?}");
+        let no_colour = Printer::new(true, false);
+        let (text, _) = no_colour.render("x86_64-y-o: load").unwrap();
+        assert!(!text.contains("\x1b[1m"), "NO_COLOR: no bold: {text:?}");
     }
 
     #[test]

@@ -1,12 +1,12 @@
-//! Stage 7, the report: each cell's verdict, phase times and checks, as a
+//! The report: each cell's verdict, phase times and checks, as a
 //! table for people and `results.json` for tools.
 //!
 //! PASS: every check passed. FAIL: a check found the kernel (or the series)
 //! at fault, including a kernel build that broke once its tree and config
 //! were accepted. ERROR: the harness or the host failed (a missing tool, a
 //! full disk, a timeout, a killed make, a hung guest), so nothing is known
-//! about the kernel. SKIP: not run, with why. [`exit_code`] tells them
-//! apart to scripts.
+//! about the kernel. SKIP: not run, with why. [`crate::exit_codes`] tells
+//! them apart to scripts.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -147,27 +147,6 @@ impl CellReport {
     }
 }
 
-/// `khtest run`'s exit status: every cell passed (or was skipped).
-pub const EXIT_PASS: u8 = 0;
-/// Some cell FAILed and none had an ERROR: the kernel or the series is at fault.
-pub const EXIT_FAIL: u8 = 1;
-/// khtest could not start the run: a bad command line, matrix or setting.
-pub const EXIT_USAGE: u8 = 2;
-/// Some cell had an ERROR (whatever the others did): the host or the
-/// harness failed and the run must be repeated once it is fixed.
-pub const EXIT_ERROR: u8 = 3;
-
-/// The exit status for a run that produced `reports`.
-pub fn exit_code(reports: &[CellReport]) -> u8 {
-    if reports.iter().any(|r| matches!(r.verdict, Verdict::Error(_))) {
-        EXIT_ERROR
-    } else if reports.iter().any(|r| matches!(r.verdict, Verdict::Fail(_))) {
-        EXIT_FAIL
-    } else {
-        EXIT_PASS
-    }
-}
-
 /// The summary table of a run.
 pub fn table(reports: &[CellReport]) -> String {
     let width = reports.iter().map(|r| r.cell.len()).max().unwrap_or(4).max(4);
@@ -258,12 +237,13 @@ mod tests {
 
     #[test]
     fn exit_codes_tell_the_kernels_fault_from_the_hosts() {
-        let with = |vs: &[Verdict]| exit_code(&vs.iter().cloned().map(report).collect::<Vec<_>>());
-        assert_eq!(with(&[]), EXIT_PASS);
-        assert_eq!(with(&[Verdict::Pass, Verdict::Skip("arm64 only".into())]), EXIT_PASS);
-        assert_eq!(with(&[Verdict::Pass, Verdict::Fail("no Hello".into())]), EXIT_FAIL);
-        assert_eq!(with(&[Verdict::Error("no qemu".into()), Verdict::Pass]), EXIT_ERROR);
-        assert_eq!(with(&[Verdict::Fail("x".into()), Verdict::Error("y".into())]), EXIT_ERROR);
+        use crate::exit_codes::*;
+        let with = |vs: &[Verdict]| of_run(&vs.iter().cloned().map(report).collect::<Vec<_>>());
+        assert_eq!(with(&[]), OK);
+        assert_eq!(with(&[Verdict::Pass, Verdict::Skip("arm64 only".into())]), OK);
+        assert_eq!(with(&[Verdict::Pass, Verdict::Fail("no Hello".into())]), CELL_FAILED);
+        assert_eq!(with(&[Verdict::Error("no qemu".into()), Verdict::Pass]), HOST_ERROR);
+        assert_eq!(with(&[Verdict::Fail("x".into()), Verdict::Error("y".into())]), HOST_ERROR);
     }
 
     #[test]

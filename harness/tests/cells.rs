@@ -157,7 +157,7 @@ fn qemu_gone(initrd: &std::path::Path) -> Result<(), Failed> {
 
 fn run_cell(project: &Project, matrix: &Matrix, c: &khtest::matrix::Cell) -> Result<(), Failed> {
     let settings = settings()?;
-    let printer = khtest::progress::Printer::new(false);
+    let printer = khtest::progress::Printer::new(false, false);
     let r = cell::run(project, matrix, c, &settings, &|m| printer.print(m));
     eprint!("{}", khtest::report::table(std::slice::from_ref(&r)));
     if r.verdict.is_bad() {
