@@ -16,6 +16,7 @@ use crate::kbuild::{self, Build, BUILD_TIMESTAMP};
 use crate::matrix::{BuildKind, Cell, Kernel, Kheaders, Matrix};
 use crate::phase::Phase;
 use crate::process::run_logged;
+use crate::report::CellReport;
 use crate::vm::{Guest, Spec};
 use crate::{checks, image, regen, Project};
 
@@ -68,32 +69,69 @@ pub struct Options {
     pub cold: bool,
 }
 
+/// The cells the bench measures, picked from the matrix by what they are.
+struct BenchCells {
+    x86: Cell,
+    arm: Cell,
+    x86_73: Cell,
+    arm_73: Cell,
+    mainline: Cell,
+}
+
+impl BenchCells {
+    fn pick(matrix: &Matrix) -> Result<BenchCells> {
+        let pick = |what: &str, f: &dyn Fn(&Cell) -> bool| -> Result<Cell> {
+            matrix.cells.iter().find(|c| f(c)).cloned().with_context(|| format!("the matrix has no {what} cell for the bench"))
+        };
+        let oot = |c: &Cell| c.build == BuildKind::OutOfTree && c.kheaders == Kheaders::BuiltIn;
+        let series = |c: &Cell, k: Kernel| oot(c) && c.patched && c.modbuild && c.kernel == k;
+        Ok(BenchCells {
+            x86: pick("6.12 x86_64 =y O= module-build", &|c| series(c, Kernel::V6_12) && c.arch.is_host())?,
+            arm: pick("6.12 arm64 =y O= module-build", &|c| series(c, Kernel::V6_12) && !c.arch.is_host())?,
+            x86_73: pick("7.3 x86_64 =y O= module-build", &|c| series(c, Kernel::V7_3) && c.arch.is_host())?,
+            arm_73: pick("7.3 arm64 =y O= module-build", &|c| series(c, Kernel::V7_3) && !c.arch.is_host())?,
+            mainline: pick("unpatched", &|c| oot(c) && !c.patched)?,
+        })
+    }
+}
+
+/// Their kernels, built (or found built) in the cache, and the 6.12 x86_64
+/// one again without kheaders (`off`).
+struct Builds {
+    on: Built,
+    off: Built,
+    arm: Built,
+    mainline: Built,
+    x86_73: Built,
+    arm_73: Built,
+}
+
+impl Builds {
+    fn make(project: &Project, matrix: &Matrix, cells: &BenchCells, s: &Settings, log: &Path) -> Result<Builds> {
+        let build = |c: &Cell| cell::build_only(project, matrix, c, s, None, log);
+        let mut off_want = kbuild::requested(&cells.x86, &matrix.fragment_paths(&cells.x86))?;
+        off_want.insert("CONFIG_IKHEADERS".into(), "n".into());
+        off_want.remove("CONFIG_IKHEADERS_MODBUILD");
+        Ok(Builds {
+            on: build(&cells.x86)?,
+            off: cell::build_only(project, matrix, &cells.x86, s, Some(off_want), log)?,
+            arm: build(&cells.arm)?,
+            mainline: build(&cells.mainline)?,
+            x86_73: build(&cells.x86_73)?,
+            arm_73: build(&cells.arm_73)?,
+        })
+    }
+}
+
+/// Every figure, one named step after the other; written to
+/// `bench/bench.json` and `bench/bench.md` under the output directory.
 pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Figure>> {
     let dir = s.out_dir.join("bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let pick = |what: &str, f: &dyn Fn(&Cell) -> bool| -> Result<Cell> {
-        matrix.cells.iter().find(|c| f(c)).cloned().with_context(|| format!("the matrix has no {what} cell for the bench"))
-    };
-    let oot = |c: &Cell| c.build == BuildKind::OutOfTree && c.kheaders == Kheaders::BuiltIn;
-    let series = |c: &Cell, k: Kernel| oot(c) && c.patched && c.modbuild && c.kernel == k;
-    let x86 = pick("6.12 x86_64 =y O= module-build", &|c| series(c, Kernel::V6_12) && c.arch.is_host())?;
-    let arm = pick("6.12 arm64 =y O= module-build", &|c| series(c, Kernel::V6_12) && !c.arch.is_host())?;
-    let x86_73 = pick("7.3 x86_64 =y O= module-build", &|c| series(c, Kernel::V7_3) && c.arch.is_host())?;
-    let arm_73 = pick("7.3 arm64 =y O= module-build", &|c| series(c, Kernel::V7_3) && !c.arch.is_host())?;
-    let mainline = pick("unpatched", &|c| oot(c) && !c.patched)?;
-
+    let cells = BenchCells::pick(matrix)?;
     progress("bench: the builds (cached ones are no-op makes)");
-    let log = dir.join("build.log");
-    let on = cell::build_only(project, matrix, &x86, s, None, &log)?;
-    let mut off_want = kbuild::requested(&x86, &matrix.fragment_paths(&x86))?;
-    off_want.insert("CONFIG_IKHEADERS".into(), "n".into());
-    off_want.remove("CONFIG_IKHEADERS_MODBUILD");
-    let off = cell::build_only(project, matrix, &x86, s, Some(off_want), &log)?;
-    let arm_cell = arm.clone();
-    let arm = cell::build_only(project, matrix, &arm, s, None, &log)?;
-    let mainline = cell::build_only(project, matrix, &mainline, s, None, &log)?;
-    let x86_73 = cell::build_only(project, matrix, &x86_73, s, None, &log)?;
-    let arm_73 = cell::build_only(project, matrix, &arm_73, s, None, &log)?;
+    let Builds { on, off, arm, mainline, x86_73, arm_73 } = Builds::make(project, matrix, &cells, s, &dir.join("build.log"))?;
+    let (x86, arm_cell) = (&cells.x86, &cells.arm);
 
     let mut figures = Vec::new();
     progress("bench: no-op rebuilds, archive on and off");
@@ -114,9 +152,9 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
     progress("bench: extraction, liblzma + tar crate vs tar -xJf");
     extraction(&on, opts, &dir, &mut figures)?;
     progress("bench: bare boots and verdicts of one cell, taking turns");
-    verdicts(project, matrix, &x86, &on, s, opts, &dir, &mut figures)?;
+    verdicts(project, matrix, x86, &on, s, opts, &dir, &mut figures)?;
     progress("bench: the device phase, x86_64 and arm64");
-    device_phases(project, matrix, &[(&x86, 45.0), (&arm_cell, 150.0)], s, opts, &mut figures)?;
+    device_phases(project, matrix, &[(x86, 45.0), (arm_cell, 150.0)], s, opts, &mut figures)?;
     if opts.matrix {
         whole_matrix(project, matrix, s, opts, progress, &mut figures)?;
     }
@@ -316,51 +354,52 @@ fn verdicts(
     let initrd = dir.join("initramfs.cpio");
     image::make(&project.images_dir(), x86.arch, &[], &[], &initrd)?;
     let spec = Spec::new(x86.arch, &on.kernel_image, &initrd, &dir.join("guest"), s.timeouts);
-    // Bare boots and whole verdicts take turns, so that both see the same
-    // machine; the regen phase drives kbuild, not the guest: not part of a
-    // verdict's time, and minutes of xz.
-    let quiet = |_: &str| {};
-    let verdict_cell = Cell { regen: false, ..x86.clone() };
-    // Everything after the build that a verdict needs, from the start of
-    // the first of these phases to the end of the last: they overlap.
-    let after_build = Phase::AFTER_BUILD;
     let (mut bare, mut runs) = (Vec::new(), Vec::new());
+    // Bare boots and whole verdicts take turns, so that both see the same
+    // machine.
     for _ in 0..opts.reps {
-        bare.push(timed(|| {
-            let g = Guest::boot(&spec)?;
-            g.shutdown();
-            Ok(())
-        })?);
-        let report = cell::run(project, matrix, &verdict_cell, s, &quiet);
-        if report.verdict.is_bad() {
-            bail!("cell {} did not pass, so its verdict time means nothing: {}", x86.name, report.verdict.reason());
-        }
-        runs.push((report.span_seconds(&after_build), report));
+        bare.push(timed(|| Guest::boot(&spec).map(Guest::shutdown).map_err(Into::into))?);
+        runs.push(verdict_run(project, matrix, x86, s)?);
     }
-    let bare = median(&mut bare);
+    figures.extend(verdict_figures(&x86.name, median(&mut bare), runs));
+    Ok(())
+}
+
+/// Everything after the build that a verdict needs: from the start of the
+/// first of these phases to the end of the last (they overlap).
+const VERDICT: [Phase; 9] = Phase::AFTER_BUILD;
+
+/// One verdict of `x86`, timed, and its report. The regen phase drives
+/// kbuild, not the guest: not part of a verdict's time, and minutes of xz.
+fn verdict_run(project: &Project, matrix: &Matrix, x86: &Cell, s: &Settings) -> Result<(f64, CellReport)> {
+    let report = cell::run(project, matrix, &Cell { regen: false, ..x86.clone() }, s, &|_| {});
+    if report.verdict.is_bad() {
+        bail!("cell {} did not pass, so its verdict time means nothing: {}", x86.name, report.verdict.reason());
+    }
+    Ok((report.span_seconds(&VERDICT), report))
+}
+
+/// The figures of the verdict runs of cell `name` against a `bare` boot:
+/// the median, the spread, and the median run's phases.
+fn verdict_figures(name: &str, bare: f64, mut runs: Vec<(f64, CellReport)>) -> Vec<Figure> {
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (slowest, fastest) = (runs[runs.len() - 1].0, runs[0].0);
     // The median run (the lower middle one of an even count), whole.
     let (verdict, report) = &runs[(runs.len() - 1) / 2];
-    let sum: f64 = report.phases.iter().filter(|p| after_build.contains(&p.phase)).map(|p| p.seconds).sum();
+    let sum: f64 = report.phases.iter().filter(|p| VERDICT.contains(&p.phase)).map(|p| p.seconds).sum();
     let of = format!("median of {}", runs.len());
-    figures.push(
-        Figure::new("verdict", format!("{}: boot to verdict, wall, {of} ({})", x86.name, after_build.map(Phase::name).join(", ")), *verdict, "s")
+    let mut figures = vec![
+        Figure::new("verdict", format!("{name}: boot to verdict, wall, {of} ({})", VERDICT.map(Phase::name).join(", ")), *verdict, "s")
             .against("bare boot to /init and reboot", bare)
             .ratio_at_most(2.0),
-    );
-    figures.push(
-        Figure::new("verdict", format!("{}: boot to verdict, fastest and slowest of {}", x86.name, runs.len()), slowest, "s")
-            .against("fastest", fastest),
-    );
-    figures.push(
-        Figure::new("verdict", format!("{}: the median run's phases one after the other (sum)", x86.name), sum, "s")
+        Figure::new("verdict", format!("{name}: boot to verdict, fastest and slowest of {}", runs.len()), slowest, "s").against("fastest", fastest),
+        Figure::new("verdict", format!("{name}: the median run's phases one after the other (sum)"), sum, "s")
             .against("boot to verdict, wall", *verdict),
-    );
+    ];
     for p in &report.phases {
-        figures.push(Figure::new("verdict", format!("{}: phase {} (from {:.2} s)", x86.name, p.phase, p.start), p.seconds, "s"));
+        figures.push(Figure::new("verdict", format!("{name}: phase {} (from {:.2} s)", p.phase, p.start), p.seconds, "s"));
     }
-    Ok(())
+    figures
 }
 
 /// The whole matrix twice in one cache (the second round must build

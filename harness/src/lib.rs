@@ -1,18 +1,8 @@
 //! khtest: the end-to-end harness for the in-kernel headers archive.
 //!
-//! One module per stage of the flow (docs/design.md):
-//! [`matrix`] reads the cells (and holds every per-architecture fact),
-//! [`tree`] prepares the kernel source, [`kbuild`] configures and builds
-//! ([`buildlog`] reads why a build failed), [`image`] makes the
-//! initramfs, [`vm`] boots QEMU and drives the guest through its
-//! [`console`], [`checks`] judges what came out of it, and [`report`] says
-//! what happened. [`bpf`] compiles an eBPF program against the headers;
-//! [`regen`] drives the archive's build rules in a scratch object tree;
-//! [`extract`] finds the archive in kernel files. [`cell`] runs one cell
-//! through all of them. Beside the flow: [`process`] gives every child a
-//! process group and a deadline, [`progress`] reports long steps,
-//! [`scratch`] places the trees of thousands of files they unpack,
-//! [`cache`] keeps what runs share, [`bench`](mod@bench) measures.
+//! One module per stage of the flow: matrix → tree → kbuild → image → vm
+//! → checks → report, with [`cell`] running one cell through all of them.
+//! The module map, with each module's one job, is in `docs/design.md`.
 
 pub mod bench;
 pub mod blame;

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 /// One phase of a cell, or a timed part of one (the device phase's boot,
 /// kselftest and port). The declaration order is the flow order of the
-/// README: a cell whose lanes stop in several phases at once takes the
+/// docs/phases.md: a cell whose lanes stop in several phases at once takes the
 /// verdict of the first in this order ([`Phase::rank`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -74,7 +74,7 @@ impl Phase {
     /// The parts of the device phase.
     pub const DEVICE_PARTS: [Phase; 3] = [Phase::DeviceBoot, Phase::DeviceKselftest, Phase::DevicePort];
 
-    /// The name in logs, `results.json` and the README.
+    /// The name in logs, `results.json` and the docs.
     pub fn name(self) -> &'static str {
         match self {
             Phase::Preflight => "preflight",

@@ -170,79 +170,79 @@ struct Scratch<'a> {
 pub fn run(cell: &Build, cell_archive: &Path, scratch: &Path, dir: &Path, limit: Duration) -> Result<Vec<Outcome>> {
     let s = Scratch { build: Build { obj: scratch.to_owned(), ..cell.clone() }, dir, limit };
     s.reset(&cell.obj.join(".config"))?;
-    let mut steps = Vec::new();
-    let mut record = |step: Step, v: Verdict| {
-        let ok = v == Verdict::Pass;
-        steps.push((step, v));
-        ok
-    };
-
-    let (log, archive) = s.generate("reproducible", BUILD_TIMESTAMP.0)?;
-    if !record(Step::Reproducible, same_archive(dir, &archive, cell_archive)?) || !record(Step::Quiet, quiet_generator(&log)) {
-        return Ok(steps);
+    let mut outcomes = Vec::new();
+    for step in Step::ALL {
+        let v = s.step(step, cell_archive)?;
+        let passed = v == Verdict::Pass;
+        outcomes.push((step, v));
+        if !passed {
+            break;
+        }
     }
-
-    write(&scratch.join(PROBE), "/* a khtest probe */\n#define KHTEST_PROBE 1\n")?;
-    let (log, archive) = s.generate("new-header", BUILD_TIMESTAMP.0)?;
-    if !record(Step::NewHeader, regenerated(dir, &log, &archive, |a| probe_is(a, Some("1")))?) {
-        return Ok(steps);
-    }
-
-    // A header changed under a low xz memory limit: xz must refuse, not
-    // compress with other settings.
-    write(&scratch.join(PROBE), "/* a khtest probe */\n#define KHTEST_PROBE 3\n")?;
-    if !record(Step::XzLimit, s.xz_limited()?) {
-        return Ok(steps);
-    }
-
-    // At once: a comparison of minute-resolution `ls -l` output would miss it.
-    write(&scratch.join(PROBE), "/* a khtest probe */\n#define KHTEST_PROBE 2\n")?;
-    let (log, archive) = s.generate("changed-header", BUILD_TIMESTAMP.0)?;
-    if !record(Step::ChangedHeader, regenerated(dir, &log, &archive, |a| probe_is(a, Some("2")))?) {
-        return Ok(steps);
-    }
-
-    let (log, archive) = s.generate("timestamp", OTHER_TIMESTAMP.0)?;
-    if !record(Step::Timestamp, regenerated(dir, &log, &archive, |a| mtime_is(a, OTHER_TIMESTAMP.1))?) {
-        return Ok(steps);
-    }
-
-    s.set_config_string(CONFIG_CHANGE)?;
-    let (log, archive) = s.generate("config", OTHER_TIMESTAMP.0)?;
-    if !record(Step::Config, regenerated(dir, &log, &archive, autoconf_has_change)?) {
-        return Ok(steps);
-    }
-
-    // syncconfig rewrites auto.conf and autoconf.h whenever .config is
-    // newer, whatever changed.
-    s.build.touch_config()?;
-    let (log, _) = s.generate("touched-config", OTHER_TIMESTAMP.0)?;
-    if !record(Step::TouchedConfig, not_generated(&log, "touch .config")) {
-        return Ok(steps);
-    }
-
-    if !record(Step::StrayScripts, s.stray_scripts()?) {
-        return Ok(steps);
-    }
-
-    std::fs::remove_file(scratch.join(PROBE)).with_context(|| format!("cannot remove {PROBE}"))?;
-    let (log, archive) = s.generate("removed-header", OTHER_TIMESTAMP.0)?;
-    if !record(Step::RemovedHeader, regenerated(dir, &log, &archive, |a| probe_is(a, None))?) {
-        return Ok(steps);
-    }
-
-    if !record(Step::EditedGenerator, s.edited_generator()?) {
-        return Ok(steps);
-    }
-
-    if !record(Step::GeneratorError, s.generator_error()?) {
-        return Ok(steps);
-    }
-    record(Step::Interrupted, s.interrupted_generator()?);
-    Ok(steps)
+    Ok(outcomes)
 }
 
 impl Scratch<'_> {
+    /// Do `step` in the scratch tree, as left by the steps before it, and
+    /// judge it.
+    fn step(&self, step: Step, cell_archive: &Path) -> Result<Verdict> {
+        let probe = |value: &str| write(&self.build.obj.join(PROBE), &format!("/* a khtest probe */\n#define KHTEST_PROBE {value}\n"));
+        let regenerates = |name: &str, timestamp: &str, shows: &dyn Fn(&Path) -> Result<Verdict>| -> Result<Verdict> {
+            let (log, archive) = self.generate(name, timestamp)?;
+            regenerated(self.dir, &log, &archive, shows)
+        };
+        match step {
+            Step::Reproducible => {
+                let (_, archive) = self.generate("reproducible", BUILD_TIMESTAMP.0)?;
+                same_archive(self.dir, &archive, cell_archive)
+            }
+            // The same build's output: the generator must have said nothing.
+            Step::Quiet => Ok(quiet_generator(&self.log("reproducible")?)),
+            Step::NewHeader => {
+                probe("1")?;
+                regenerates("new-header", BUILD_TIMESTAMP.0, &|a| probe_is(a, Some("1")))
+            }
+            // A header changed under a low xz memory limit: xz must refuse,
+            // not compress with other settings.
+            Step::XzLimit => {
+                probe("3")?;
+                self.xz_limited()
+            }
+            // At once: a comparison of minute-resolution `ls -l` output
+            // would miss it.
+            Step::ChangedHeader => {
+                probe("2")?;
+                regenerates("changed-header", BUILD_TIMESTAMP.0, &|a| probe_is(a, Some("2")))
+            }
+            Step::Timestamp => regenerates("timestamp", OTHER_TIMESTAMP.0, &|a| mtime_is(a, OTHER_TIMESTAMP.1)),
+            Step::Config => {
+                self.set_config_string(CONFIG_CHANGE)?;
+                regenerates("config", OTHER_TIMESTAMP.0, &autoconf_has_change)
+            }
+            // syncconfig rewrites auto.conf and autoconf.h whenever .config
+            // is newer, whatever changed.
+            Step::TouchedConfig => {
+                self.build.touch_config()?;
+                let (log, _) = self.generate("touched-config", OTHER_TIMESTAMP.0)?;
+                Ok(not_generated(&log, "touch .config"))
+            }
+            Step::StrayScripts => self.stray_scripts(),
+            Step::RemovedHeader => {
+                std::fs::remove_file(self.build.obj.join(PROBE)).with_context(|| format!("cannot remove {PROBE}"))?;
+                regenerates("removed-header", OTHER_TIMESTAMP.0, &|a| probe_is(a, None))
+            }
+            Step::EditedGenerator => self.edited_generator(),
+            Step::GeneratorError => self.generator_error(),
+            Step::Interrupted => self.interrupted_generator(),
+        }
+    }
+
+    /// The make output kept for the step `name`.
+    fn log(&self, name: &str) -> Result<String> {
+        let log = self.dir.join(format!("regen-{name}.log"));
+        std::fs::read_to_string(&log).with_context(|| format!("cannot read {}", log.display()))
+    }
+
     /// Back to the cell's state: its `.config`, no probe header.
     fn reset(&self, config: &Path) -> Result<()> {
         let obj = &self.build.obj;
@@ -262,8 +262,7 @@ impl Scratch<'_> {
     fn generate(&self, step: &str, timestamp: &str) -> Result<(String, PathBuf)> {
         let log = self.dir.join(format!("regen-{step}.log"));
         let archive = self.build.archive_only(timestamp, &log, self.limit)?;
-        let text = std::fs::read_to_string(&log).with_context(|| format!("cannot read {}", log.display()))?;
-        Ok((text, archive))
+        Ok((self.log(step)?, archive))
     }
 
     /// Regenerate with `XZ_DEFAULTS` asking xz to stay under 100 MiB, less
@@ -467,7 +466,7 @@ fn quiet_generator(log: &str) -> Verdict {
 
 /// The generator must have run (kbuild's `GEN` line) and `shows` must hold
 /// for the new archive, unpacked under `dir`.
-fn regenerated(dir: &Path, log: &str, archive: &Path, shows: impl FnOnce(&Path) -> Result<Verdict>) -> Result<Verdict> {
+fn regenerated(dir: &Path, log: &str, archive: &Path, shows: &dyn Fn(&Path) -> Result<Verdict>) -> Result<Verdict> {
     if !generated(log) {
         return Ok(Verdict::Fail("make did not regenerate the archive (no GEN line for kheaders_data.tar.xz)".into()));
     }
