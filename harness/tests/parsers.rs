@@ -21,6 +21,11 @@ fn console_text() -> impl Strategy<Value = String> {
         Just("WARNING: modpost: ".to_owned()),
         Just("ERROR: modpost: ".to_owned()),
         Just("cpio: ".to_owned()),
+        Just("# 1..".to_owned()),
+        Just("1..4 # SKIP".to_owned()),
+        Just("# not ok 3 ".to_owned()),
+        Just(" # TIMEOUT ".to_owned()),
+        Just("# timeout set to ".to_owned()),
         "[0-9a-f]{0,70}".prop_map(String::from),
         "\\PC{0,40}".prop_map(String::from),
         Just("\n".to_owned()),
@@ -38,6 +43,9 @@ proptest! {
     fn console_and_build_output_parsers_never_panic(text in console_text()) {
         let _ = vm::parse_size_and_sum(&text);
         let _ = checks::kselftest_tap(&text, "kheaders: run_kheaders_modbuild.sh");
+        let _ = khtest::tap::parse(&text, "# ").results.iter().map(|r| r.why()).count();
+        let _ = khtest::device::judge("port", &text, "", khtest::device::Expect::Loads);
+        let _ = khtest::device::spurious_timeout(&text, 1.0);
         let _ = checks::kernel_log_has("insmod", &text, checks::HELLO);
         let _ = checks::refused_without_versions(1, &text);
         let _ = checks::parse_stat(&text);

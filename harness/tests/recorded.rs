@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use kheaders_selftest::modbuild;
 use khtest::console::{Console, ConsoleError, Output};
 use khtest::report::Verdict;
-use khtest::{buildlog, checks};
+use khtest::{buildlog, checks, device, tap};
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("test_data").join(rel)
@@ -83,6 +83,35 @@ fn the_kselftest_passes_with_module_build_files_and_headers_only() {
     assert!(mainline.contains("# ok 3 module builds against the archive # SKIP headers-only archive (no Makefile)"));
     // Another test's line is no result for this one.
     assert!(matches!(checks::kselftest_tap(&mainline, "kheaders: other.sh"), Verdict::Fail(m) if m.contains("no result line")));
+}
+
+/// The one TAP reader on what the device printed (arm64-y-o): the
+/// kselftest runner's TAP with the test's nested under `# `, and the port's
+/// KTAP. Both judges read through it.
+#[test]
+fn the_device_tap_of_the_kselftest_and_the_port_is_read_and_judged() {
+    let runner = text("tap/arm64-y-o-device-kselftest.log");
+    let outer = tap::parse(&runner, "");
+    assert_eq!(outer.plan, Some(tap::Plan { count: 1, skip: None }));
+    assert_eq!(outer.results[0].name, "selftests: kheaders: run_kheaders_modbuild.sh");
+    assert!(outer.results[0].diag.iter().any(|d| d == "timeout set to 600"));
+    let inner = tap::parse(&runner, "# ");
+    let names: Vec<&str> = inner.results.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["archive extracts", "archive has no Module.symvers", "module builds against the archive", "module loads"]);
+    assert!(inner.result(4).unwrap().diag.iter().any(|d| d.contains("\"_printk\"") && d.ends_with("undefined!")));
+    let port = text("tap/arm64-y-o-device-port.log");
+    let ktap = tap::parse(&port, "");
+    assert_eq!(ktap.plan.map(|p| p.count), Some(4));
+    assert!(ktap.results.iter().all(|r| r.ok && r.directive.is_none()));
+    // The same outputs, judged as the device lane judges them.
+    assert_eq!(device::judge("kselftest", &runner, "# ", device::Expect::Loads), Verdict::Pass);
+    assert_eq!(device::judge("port", &port, "", device::Expect::Loads), Verdict::Pass);
+    assert!(matches!(device::judge("port", &port, "", device::Expect::Refused), Verdict::Fail(m) if m.contains("result 4")));
+    // The host's judge reads the runner's line through the same reader.
+    assert_eq!(checks::kselftest_tap(&runner, "kheaders: run_kheaders_modbuild.sh"), Verdict::Pass);
+    let broken = runner.replace("# ok 3 module builds", "# not ok 3 module builds").replace("ok 1 selftests", "not ok 1 selftests");
+    let v = checks::kselftest_tap(&broken, "kheaders: run_kheaders_modbuild.sh");
+    assert!(matches!(&v, Verdict::Fail(m) if m.starts_with("not ok 1 selftests") && m.contains("\n  not ok 3 module builds")), "{v:?}");
 }
 
 #[test]
