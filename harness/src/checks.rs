@@ -1,4 +1,4 @@
-//! Stage 6, the checks: what the pulled archive and the guest's kernel log
+//! The checks: what the pulled archive and the guest's kernel log
 //! must show. Each check returns a [`Verdict`]; none needs a kernel, so each
 //! is unit-tested on inputs made here.
 

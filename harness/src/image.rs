@@ -1,4 +1,4 @@
-//! Stage 3, the image: a busybox initramfs written as a `newc` cpio archive
+//! The image: a busybox initramfs written as a `newc` cpio archive
 //! directly (no root, no `cpio` tool, same bytes every time).
 //!
 //! It holds `/init` (`images/init`, which drives the guest side of the

@@ -1,4 +1,4 @@
-//! Stage 2, kbuild: configure (tinyconfig, then the cell's fragments, then
+//! kbuild: configure (tinyconfig, then the cell's fragments, then
 //! `olddefconfig`), verify every requested option stuck, and build.
 //!
 //! A build directory is reused across runs; it is configured again only when

@@ -553,8 +553,6 @@ fn tree_differences(a: &Path, b: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// The verdict on a regeneration under a memory limit lower than the
-/// archive's xz settings need: it must fail with xz's message.
 /// The verdict on an interrupted generator, from whether it was still
 /// running when the signal was sent, whether it still succeeded and what it
 /// left in its output directory.
@@ -581,6 +579,8 @@ fn not_generated(log: &str, what: &str) -> Verdict {
     }
 }
 
+/// The verdict on a regeneration under a memory limit lower than the
+/// archive's xz settings need: it must fail with xz's message.
 pub fn xz_limit_verdict(built: bool, log: &str) -> Verdict {
     let xz: Vec<&str> = log.lines().filter(|l| l.trim_start().starts_with("xz:")).collect();
     if built {

@@ -1,4 +1,4 @@
-//! Stage 1, the tree: unpack the kernel source once, apply the kernel's
+//! The tree: unpack the kernel source once, apply the kernel's
 //! series (`kernel/<version>/series`), install `selftests/kheaders` as
 //! `tools/testing/selftests/kheaders`.
 //!

@@ -1,4 +1,4 @@
-//! Stage 4, the VM: boot the kernel in QEMU (TCG) with the initramfs and
+//! The VM: boot the kernel in QEMU (TCG) with the initramfs and
 //! drive it over the serial console.
 //!
 //! Two serial ports: the console (QEMU's stdio: commands in, kernel log and
