@@ -12,15 +12,15 @@ use crate::vm::VmError;
 /// - a `make` that ran to its end and failed broke on the tree under test:
 ///   FAIL;
 /// - a guest kernel that panicked or oopsed: FAIL;
-/// - an archive that is damaged or refused as unsafe: FAIL (the kernel
-///   served or built it); one that could not be read or written is the
-///   host's: ERROR;
+/// - an archive that is damaged, too large or refused as unsafe: FAIL (the
+///   kernel served or built it); one that could not be read or written,
+///   or a path that is no archive file, is the host's: ERROR;
 /// - anything else (a tool that would not start, a timeout, a killed make,
 ///   a full disk, a hung guest): ERROR.
 pub fn of(e: anyhow::Error) -> Verdict {
     let kernels = e.downcast_ref::<MakeFailed>().is_some()
         || e.downcast_ref::<VmError>().is_some_and(|v| matches!(v, VmError::Crash { .. }))
-        || e.downcast_ref::<ArchiveError>().is_some_and(|a| !matches!(a, ArchiveError::Io { .. }));
+        || e.downcast_ref::<ArchiveError>().is_some_and(|a| !matches!(a, ArchiveError::Io { .. } | ArchiveError::NotAFile(_)));
     if kernels {
         Verdict::Fail(format!("{e:#}"))
     } else {
@@ -56,7 +56,7 @@ mod tests {
 
     #[test]
     fn a_damaged_archive_is_a_fail_an_unreadable_one_an_error_with_context_kept() {
-        let damaged = Err::<(), _>(ArchiveError::Corrupt("bad block".into())).context("kheaders.tar.xz").unwrap_err();
+        let damaged = Err::<(), _>(ArchiveError::Damaged("near byte 9 (block 1 of 1): bad block".into())).context("kheaders.tar.xz").unwrap_err();
         assert!(matches!(of(damaged), Verdict::Fail(m) if m.starts_with("kheaders.tar.xz: ") && m.contains("bad block")));
         let io = ArchiveError::Io { path: "x".into(), source: std::io::Error::other("disk full") };
         assert!(matches!(of(io.into()), Verdict::Error(m) if m.contains("disk full")));
