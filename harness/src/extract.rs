@@ -12,7 +12,8 @@
 //! Any input may be hostile (an xz bomb), so memory and time are bounded:
 //! a stream is read as a tar as it decodes, keeping nothing, and given up
 //! at its first block that is not a tar header, or past [`ARCHIVE_LIMIT`];
-//! only a compressed payload is kept in memory, up to [`PAYLOAD_LIMIT`];
+//! only a compressed payload is kept in memory, one at a time, up to
+//! [`PAYLOAD_LIMIT`];
 //! and no xz stream may ask for more than [`DECODE_MEMORY_LIMIT`] to decode.
 
 use std::io::Read;
@@ -85,48 +86,58 @@ impl Finder {
         Ok(found)
     }
 
-    /// Find the archive in `bytes`, directly or inside a compressed payload.
+    /// Find the archive in `bytes`, directly or inside a compressed payload:
+    /// every xz stream of the file is tried as the archive first; then the
+    /// compressed payloads are unpacked one at a time, searched and dropped.
     pub fn find(&self, bytes: &[u8]) -> Result<Found> {
-        let mut payloads = Vec::new();
         let mut too_large = Vec::new();
+        let mut others = Vec::new();
         for off in occurrences(bytes, XZ_MAGIC) {
             match self.decode_at(&bytes[off..]) {
                 Some(Stream::Archive(used)) => return Ok(Found { archive: bytes[off..off + used].to_vec(), offset: off, inside: None }),
                 Some(Stream::TooLarge(what)) => too_large.push(format!("the xz stream at offset {off} {what}")),
                 // Not the archive: maybe a compressed kernel that holds it.
-                None => match unpack_limited(liblzma::read::XzDecoder::new_stream(&bytes[off..], xz_decoder()?)) {
-                    Ok(Some(out)) => payloads.push(("xz", off, out)),
-                    Ok(None) => too_large.push(format!("the xz stream at offset {off} unpacks to more than {} MiB", PAYLOAD_LIMIT >> 20)),
-                    Err(e) if needs_more_memory(&e) => {
-                        too_large.push(format!("the xz stream at offset {off} needs more than {} MiB to decode", DECODE_MEMORY_LIMIT >> 20))
-                    }
-                    Err(_) => {}
-                },
+                None => others.push(("xz", off)),
             }
         }
-        for off in occurrences(bytes, GZIP_MAGIC) {
-            match unpack_limited(flate2::read::GzDecoder::new(&bytes[off..])) {
-                Ok(Some(out)) => payloads.push(("gzip", off, out)),
-                Ok(None) => too_large.push(format!("the gzip stream at offset {off} unpacks to more than {} MiB", PAYLOAD_LIMIT >> 20)),
-                Err(_) => {}
-            }
-        }
-        // A compressed kernel: search what it unpacks to (one level only).
-        for (kind, at, payload) in payloads {
-            for off in occurrences(&payload, XZ_MAGIC) {
-                match self.decode_at(&payload[off..]) {
-                    Some(Stream::Archive(used)) => {
-                        return Ok(Found { archive: payload[off..off + used].to_vec(), offset: off, inside: Some((kind, at)) })
+        for (kind, at) in others.into_iter().chain(occurrences(bytes, GZIP_MAGIC).map(|off| ("gzip", off))) {
+            let payload = match kind {
+                "xz" => unpack_limited(liblzma::read::XzDecoder::new_stream(&bytes[at..], xz_decoder()?)),
+                _ => unpack_limited(flate2::read::GzDecoder::new(&bytes[at..])),
+            };
+            match payload {
+                Ok(Some(p)) => {
+                    if let Some(found) = self.search_payload(kind, at, &p, &mut too_large) {
+                        return Ok(found);
                     }
-                    Some(Stream::TooLarge(what)) => too_large.push(format!("the xz stream at offset {off} of the {kind} payload {what}")),
-                    None => {}
                 }
+                Ok(None) => too_large.push(format!("the {kind} stream at offset {at} unpacks to more than {} MiB", PAYLOAD_LIMIT >> 20)),
+                Err(e) if needs_more_memory(&e) => {
+                    too_large.push(format!("the xz stream at offset {at} needs more than {} MiB to decode", DECODE_MEMORY_LIMIT >> 20))
+                }
+                Err(_) => {}
             }
         }
         if too_large.is_empty() {
             bail!("no xz stream in it, or in what it unpacks to, is a kheaders archive")
         }
         bail!("no xz stream in it, or in what it unpacks to, is a kheaders archive; not searched: {}", too_large.join("; "))
+    }
+
+    /// The archive in the `kind` payload unpacked from offset `at`, if it
+    /// holds one (one level only: a payload's own payloads are not
+    /// unpacked).
+    fn search_payload(&self, kind: &'static str, at: usize, payload: &[u8], too_large: &mut Vec<String>) -> Option<Found> {
+        for off in occurrences(payload, XZ_MAGIC) {
+            match self.decode_at(&payload[off..]) {
+                Some(Stream::Archive(used)) => {
+                    return Some(Found { archive: payload[off..off + used].to_vec(), offset: off, inside: Some((kind, at)) })
+                }
+                Some(Stream::TooLarge(what)) => too_large.push(format!("the xz stream at offset {off} of the {kind} payload {what}")),
+                None => {}
+            }
+        }
+        None
     }
 
     /// Whether the xz stream at the start of `data` is the archive; `None`

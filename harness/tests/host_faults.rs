@@ -326,6 +326,22 @@ fn an_xz_bomb_is_refused_in_bounded_memory(bomb: &str, why: &str) {
     assert!(!d.path().join("k.tar.xz").exists(), "nothing may be written");
 }
 
+/// Eight streams of 48 MiB of zeros (384 MiB if all were kept), each within the payload limit: they
+/// are unpacked one at a time, not all kept.
+#[test]
+fn many_payloads_are_searched_one_at_a_time() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let mut e = liblzma::write::XzEncoder::new(Vec::new(), 0);
+    e.write_all(&vec![0u8; 48 << 20]).unwrap();
+    let stream = e.finish().unwrap();
+    let input = d.path().join("vmlinux");
+    std::fs::write(&input, stream.repeat(8)).unwrap();
+    let (code, text, rss_mib) = extract_measured(&input, &d.path().join("k.tar.xz"));
+    assert_eq!(code, Some(4), "{text}");
+    assert!(rss_mib <= 256, "khtest extract took {rss_mib} MiB on eight payloads: {text}");
+}
+
 #[test]
 fn an_xz_bomb_of_zeros_is_refused_in_bounded_memory() {
     an_xz_bomb_is_refused_in_bounded_memory("zeros-1g.xz", "unpacks to more than 128 MiB");

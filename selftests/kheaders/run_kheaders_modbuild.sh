@@ -5,13 +5,17 @@
 # documentation tells a user to, and load it when the archive belongs to the
 # running kernel.
 #
-# The archive is $KHEADERS_ARCHIVE when set (for example one pulled from a
-# device, to run this on a host), else /sys/kernel/kheaders.tar.xz or
+# The archive is $KHEADERS_ARCHIVE when set and not empty (for example one
+# pulled from a device, to run this on a host; one that is not a readable
+# file skips the test), else /sys/kernel/kheaders.tar.xz or
 # /proc/kheaders.tar.xz, loading the kheaders module first when neither
 # exists (and unloading it at the end).
 #
-# Output is TAP. Exit status: 0 pass, 1 fail, 4 skip (no archive or no
-# compiler).
+# The archive extracts only if xz verifies the whole file: a damaged archive
+# is "not ok 1" even when tar could read what it needed of it.
+#
+# Output is TAP. Exit status: 0 pass, 1 fail, 4 skip (no archive, no
+# compiler or no temporary directory).
 
 ksft_skip=4
 here=$(cd "$(dirname "$0")" && pwd)
@@ -69,8 +73,8 @@ diag_file()
 find_archive()
 {
 	if [ -n "${KHEADERS_ARCHIVE:-}" ]; then
-		if [ ! -r "$KHEADERS_ARCHIVE" ]; then
-			skip_all "KHEADERS_ARCHIVE=$KHEADERS_ARCHIVE is not readable"
+		if [ ! -f "$KHEADERS_ARCHIVE" ] || [ ! -r "$KHEADERS_ARCHIVE" ]; then
+			skip_all "KHEADERS_ARCHIVE=$KHEADERS_ARCHIVE is not a readable file"
 		fi
 		archive=$KHEADERS_ARCHIVE
 		return
@@ -103,17 +107,35 @@ for tool in make xz "${CROSS_COMPILE:-}${CC:-gcc}"; do
 	fi
 done
 
-tmp=$(mktemp -d)
+# Nothing is unpacked anywhere but in a directory of our own.
+if ! tmp=$(mktemp -d) || [ -z "$tmp" ] || [ ! -d "$tmp" ]; then
+	tmp=
+	skip_all "cannot make a temporary directory (mktemp -d failed): set TMPDIR to a writable directory"
+fi
 headers=$tmp/headers
 echo "1..4"
 echo "# archive: $archive"
 
 mkdir "$headers"
-if xz -dc "$archive" | tar -xf - -C "$headers"; then
-	ok "archive extracts"
+# tar stops at its end marker, and the pipeline's status is tar's: xz -t
+# first verifies every block's check, the index and the footer.
+if ! xz -t "$archive" 2>"$tmp/xz.log"; then
+	echo "# the archive is damaged (xz -t):"
+	diag_file "$tmp/xz.log"
+	extracted=
+elif xz -dc "$archive" | tar -xf - -C "$headers"; then
+	extracted=1
 else
-	not_ok "archive extracts"
+	extracted=
 fi
+if [ -z "$extracted" ]; then
+	not_ok "archive extracts"
+	for name in "archive has no Module.symvers" "module builds against the archive" "module loads"; do
+		skip_one "$name" "not extracted"
+	done
+	exit $failed
+fi
+ok "archive extracts"
 
 if [ -e "$headers/Module.symvers" ]; then
 	not_ok "archive has no Module.symvers"

@@ -50,6 +50,11 @@ impl<W: Write> Ktap<W> {
         };
     }
 
+    /// End the output early: no more results will come.
+    pub fn bail_out(&mut self, why: &str) {
+        let _ = writeln!(self.out, "Bail out! {why}");
+    }
+
     /// kselftest exit status: 0 if nothing failed, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         i32::from(self.failed)

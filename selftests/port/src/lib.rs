@@ -4,13 +4,15 @@
 //! in the guest) or on a host against an archive pulled out of one:
 //! [`archive`] unpacks it safely, [`contents`] checks what is in it,
 //! [`modbuild`] builds the test module against it, [`load`] loads it into
-//! the running kernel, [`ktap`] reports.
+//! the running kernel, [`ktap`] reports, and [`signals`] lets an interrupt
+//! end the build cleanly.
 
 pub mod archive;
 pub mod contents;
 pub mod ktap;
 pub mod load;
 pub mod modbuild;
+pub mod signals;
 
 use std::path::Path;
 

@@ -55,7 +55,8 @@ pub fn build_module(
 }
 
 /// Run `cmd` with its output in a new `log`, in a process group of its own
-/// (so that a hung compiler goes with make), and end the group at `limit`.
+/// (so that a hung compiler goes with make), and end the group at `limit`,
+/// or at once when SIGINT or SIGTERM was caught ([`crate::signals`]).
 pub fn run_with_deadline(limit: Duration) -> impl FnOnce(&mut Command, &Path) -> Result<ExitStatus> {
     move |cmd, log| {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
@@ -66,10 +67,14 @@ pub fn run_with_deadline(limit: Duration) -> impl FnOnce(&mut Command, &Path) ->
             if let Some(status) = child.try_wait()? {
                 return Ok(status);
             }
-            if Instant::now() >= deadline {
+            let interrupted = crate::signals::caught();
+            if interrupted.is_some() || Instant::now() >= deadline {
                 // SAFETY: kill(2) of the process group the child leads.
                 unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
                 let _ = child.wait();
+                if let Some(sig) = interrupted {
+                    bail!("`make` ended: the port caught signal {sig} (log: {})", log.display());
+                }
                 bail!("`make` timed out after {} s (log: {})", limit.as_secs(), log.display());
             }
             std::thread::sleep(Duration::from_millis(50));
