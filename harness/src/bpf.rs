@@ -111,7 +111,7 @@ pub fn compile(program: &Path, headers: &Path, arch: Arch, work: &Path, log: &Pa
         Ok(o) => return Verdict::Error(format!("llvm-objdump failed: {}", String::from_utf8_lossy(&o.stderr))),
         Err(e) => return Verdict::Error(format!("cannot run llvm-objdump (Debian package llvm): {e:#}")),
     };
-    let machine = std::fs::read(&obj).ok().and_then(|b| crate::elf::machine(&b));
+    let machine = std::fs::read(&obj).ok().and_then(|b| kheaders_selftest::elf::machine(&b));
     judge(machine, &dump)
 }
 

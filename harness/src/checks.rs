@@ -208,7 +208,7 @@ pub fn elf_machine(path: &Path) -> Option<u16> {
     use std::io::Read;
     let mut head = [0u8; 20];
     std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
-    crate::elf::machine(&head)
+    kheaders_selftest::elf::machine(&head)
 }
 
 /// Every ELF file of the unpacked archive at `root` is for `arch`: the

@@ -14,7 +14,6 @@ pub mod checks;
 pub mod console;
 pub mod debsrc;
 pub mod device;
-pub mod elf;
 pub mod exit_codes;
 pub mod extract;
 pub mod image;

@@ -3,12 +3,15 @@
 //! It runs on a device (the harness's `device` phase runs its static build
 //! in the guest) or on a host against an archive pulled out of one:
 //! [`archive`] unpacks it safely, [`contents`] checks what is in it,
-//! [`modbuild`] builds the test module against it, [`load`] loads it into
+//! [`modbuild`] builds the test module against it, [`install`] is
+//! `kheaders install` (the archive as a headers package for DKMS), [`load`] loads it into
 //! the running kernel, [`ktap`] reports, and [`signals`] lets an interrupt
 //! end the build cleanly.
 
 pub mod archive;
 pub mod contents;
+pub mod elf;
+pub mod install;
 pub mod ktap;
 pub mod load;
 pub mod modbuild;

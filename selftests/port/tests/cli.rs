@@ -160,3 +160,28 @@ fn the_shell_kselftest_agrees_on_damage_a_missing_archive_and_no_tmpdir() {
     assert!(code == Some(4) && out.contains("1..0 # SKIP cannot make a temporary directory"), "{out}");
     assert!(!std::path::Path::new("/headers").exists(), "unpacked outside a temporary directory");
 }
+
+/// `kheaders install` and `remove` through the binary, in a scratch root.
+#[test]
+fn kheaders_install_and_remove_through_the_binary() {
+    let kheaders = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_kheaders")).args(args).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+    };
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    let (a, headers_only) = (d.path().join("k.tar.xz"), d.path().join("h.tar.xz"));
+    archive(&a, &[("Makefile", "all:\n"), ("include/config/kernel.release", "9.9.9-test\n")]);
+    archive(&headers_only, &[("include/config/kernel.release", "9.9.9-test\n")]);
+    let common = ["--root", root.to_str().unwrap(), "--release", "9.9.9-test"];
+    let (code, out) = kheaders(&[&["install", "--archive", headers_only.to_str().unwrap()][..], &common].concat());
+    assert!(code == Some(1) && out.contains("headers only"), "{out}");
+    let (code, out) = kheaders(&[&["install", "--archive", a.to_str().unwrap()][..], &common].concat());
+    assert!(code == Some(0) && out.contains("linked from"), "{out}");
+    // The link is written as it reads on the device: absolute, from its root.
+    assert_eq!(std::fs::read_link(root.join("lib/modules/9.9.9-test/build")).unwrap(), std::path::Path::new("/usr/src/kheaders-9.9.9-test"));
+    assert!(root.join("usr/src/kheaders-9.9.9-test/Makefile").is_file());
+    let (code, out) = kheaders(&[&["remove"][..], &common].concat());
+    assert!(code == Some(0) && out.contains("removed"), "{out}");
+    assert_eq!(kheaders(&["frobnicate"]).0, Some(2));
+}

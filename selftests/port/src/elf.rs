@@ -1,4 +1,6 @@
-//! The one ELF reader: the machine an ELF file is for, from its header.
+//! The one ELF reader of the workspace (the harness's checks, the bpf
+//! phase and `kheaders install` use it): the machine an ELF file is for,
+//! from its header.
 
 /// `e_machine` of the ELF header that `bytes` start with (20 bytes are
 /// enough), in the byte order its `EI_DATA` says; `None` if it is not one.

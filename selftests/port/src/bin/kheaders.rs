@@ -1,0 +1,98 @@
+//! `kheaders`: install the running kernel's headers archive as a headers
+//! package (`/usr/src/kheaders-<release>`, `/lib/modules/<release>/build`),
+//! or remove it. See `install.rs` and the README's device recipe.
+
+use std::path::PathBuf;
+use std::process::{exit, Command};
+
+use kheaders_selftest::install::{self, Outcome, Places};
+
+const USAGE: &str = "\
+usage: kheaders install [--archive PATH] [--root DIR] [--release R]
+       kheaders remove [--root DIR] [--release R]
+
+install: unpack the running kernel's headers archive (/sys/kernel/kheaders.tar.xz
+or /proc/kheaders.tar.xz, loading kheaders.ko when needed) into
+DIR/usr/src/kheaders-R and point DIR/lib/modules/R/build at it, so that DKMS
+and `make -C /lib/modules/$(uname -r)/build M=$PWD` work with no headers
+package. It refuses, changing nothing, an archive with headers only, one
+for another kernel release or machine, and a place somebody else controls.
+Running it again with the same archive changes nothing.
+
+remove: remove what install made.
+
+DIR defaults to /, R to the running kernel's release (uname -r).
+Exit status: 0 done, 1 refused or failed, 2 usage.
+";
+
+fn usage(why: &str) -> ! {
+    eprint!("kheaders: {why}\n{USAGE}");
+    exit(2)
+}
+
+/// Where the running kernel serves its archive.
+const RUNNING: [&str; 2] = ["/sys/kernel/kheaders.tar.xz", "/proc/kheaders.tar.xz"];
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_else(|| usage("no command"));
+    if command == "-h" || command == "--help" {
+        print!("{USAGE}");
+        exit(0);
+    }
+    let (mut archive, mut root, mut release) = (None, PathBuf::from("/"), None);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
+        match a.as_str() {
+            "--archive" if command == "install" => archive = Some(PathBuf::from(value())),
+            "--root" => root = PathBuf::from(value()),
+            "--release" => release = Some(value()),
+            other => usage(&format!("unknown argument {other}")),
+        }
+    }
+    let release = release.unwrap_or_else(|| install::running_release().unwrap_or_else(|e| fail(&format!("cannot read the kernel release: {e}"))));
+    let places = Places { root, release };
+    let outcome = match command.as_str() {
+        "install" => {
+            let (path, loaded) = match archive {
+                Some(p) => (p, false),
+                None => running_archive(),
+            };
+            let r = install::install(&places, &path, install::this_machine());
+            if loaded {
+                let _ = Command::new("modprobe").args(["-r", "kheaders"]).status();
+            }
+            r
+        }
+        "remove" => install::remove(&places),
+        other => usage(&format!("unknown command {other}")),
+    };
+    match outcome {
+        Ok(Outcome::Installed { files }) => {
+            println!("kheaders: {files} files in {}, linked from {}", places.tree().display(), places.build_link().display())
+        }
+        Ok(Outcome::AlreadyInstalled) => println!("kheaders: {} already holds this archive", places.tree().display()),
+        Ok(Outcome::Removed) => println!("kheaders: removed {} and its build link", places.tree().display()),
+        Ok(Outcome::NothingToRemove) => println!("kheaders: nothing to remove for {}", places.release),
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// The running kernel's archive, loading kheaders.ko if it serves none;
+/// and whether this run loaded it.
+fn running_archive() -> (PathBuf, bool) {
+    let find = || RUNNING.into_iter().map(PathBuf::from).find(|p| p.exists());
+    if let Some(p) = find() {
+        return (p, false);
+    }
+    let loaded = Command::new("modprobe").arg("kheaders").status().is_ok_and(|s| s.success());
+    match find() {
+        Some(p) => (p, loaded),
+        None => fail("the kernel serves no headers archive (and `modprobe kheaders` did not make one): it needs CONFIG_IKHEADERS"),
+    }
+}
+
+fn fail(why: &str) -> ! {
+    eprintln!("kheaders: {why}");
+    exit(1)
+}
