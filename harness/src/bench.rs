@@ -168,8 +168,12 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
 /// it (warm, beside the host's lanes), and its parts: the median of
 /// `reps` runs.
 fn device_phases(project: &Project, matrix: &Matrix, cells: &[(&Cell, f64)], s: &Settings, opts: &Options, figures: &mut Vec<Figure>) -> Result<()> {
-    const PARTS: [(Phase, &str); 3] =
-        [(Phase::DeviceBoot, "boot"), (Phase::DeviceKselftest, "the kselftest (make run_tests)"), (Phase::DevicePort, "the Rust port")];
+    const PARTS: [(Phase, &str); 4] = [
+        (Phase::DeviceBoot, "boot"),
+        (Phase::DeviceKselftest, "the kselftest (make run_tests)"),
+        (Phase::DevicePort, "the Rust port"),
+        (Phase::DeviceRecipe, "the recipe (kheaders install, make through /lib/modules/<release>/build)"),
+    ];
     for (c, bound) in cells {
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); 1 + PARTS.len()];
         for _ in 0..opts.reps.max(1) {

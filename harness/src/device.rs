@@ -6,12 +6,17 @@
 //! - the kselftest, `make -C tools/testing/selftests TARGETS=kheaders
 //!   run_tests` (no `KHEADERS_ARCHIVE`), to `device-kselftest.log`;
 //! - the Rust port, a static (musl) binary carried in the initramfs, to
-//!   `device-port.log`.
+//!   `device-port.log`;
+//! - the README's recipe for tools that expect a headers package
+//!   (`images/khtest-recipe`): `kheaders install`, the test module built
+//!   through `/lib/modules/$(uname -r)/build`, `kheaders remove`, to
+//!   `device-recipe.log`.
 //!
-//! Both unpack the archive, build the test module with the guest's own
-//! compiler and the archive's own host programs, and load it. Each is
-//! judged by its four TAP results ([`judge`]). The lane that boots the
-//! guest and records the outcome is `cell/device.rs`.
+//! The first two unpack the archive, build the test module with the
+//! guest's own compiler and the archive's own host programs, and load it;
+//! each is judged by its four TAP results ([`judge`]), the recipe by its
+//! three ([`judge_recipe`]). The lane that boots the guest and records the
+//! outcome is `cell/device.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,10 +47,13 @@ pub fn shares(userland: &Path, tree: &Path) -> Vec<Share> {
 /// The longest the port's static build may take (cold, with its crates).
 const PORT_BUILD_LIMIT: Duration = Duration::from_secs(900);
 
-/// Build the kselftest port static for `arch`'s musl target into
-/// `target_dir` (cargo keeps it up to date); the binary. The aarch64 linker
-/// is set in `.cargo/config.toml`.
-pub fn port_binary(project: &Project, arch: Arch, target_dir: &Path, log: &Path) -> Result<PathBuf> {
+/// The port's programs: the kselftest's port and `kheaders` (install).
+pub const PORT_PROGRAMS: [&str; 2] = ["kheaders-selftest", "kheaders"];
+
+/// Build the kselftest port's crate static for `arch`'s musl target into
+/// `target_dir` (cargo keeps it up to date); its [`PORT_PROGRAMS`]. The
+/// aarch64 linker is set in `.cargo/config.toml`.
+pub fn port_binaries(project: &Project, arch: Arch, target_dir: &Path, log: &Path) -> Result<Vec<PathBuf>> {
     let target = arch.facts().musl_target;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -64,9 +72,11 @@ pub fn port_binary(project: &Project, arch: Arch, target_dir: &Path, log: &Path)
         }
         bail!("cannot build the kselftest port for {target} (log: {}):\n{}", log.display(), crate::process::tail(log, 10));
     }
-    let bin = target_dir.join(target).join("release/kheaders-selftest");
-    anyhow::ensure!(bin.is_file(), "cargo built no {}", bin.display());
-    Ok(bin)
+    let bins: Vec<PathBuf> = PORT_PROGRAMS.iter().map(|p| target_dir.join(target).join("release").join(p)).collect();
+    if let Some(missing) = bins.iter().find(|b| !b.is_file()) {
+        bail!("cargo built no {}", missing.display());
+    }
+    Ok(bins)
 }
 
 /// The guest command that makes `/device` with the kernel tree at `tree`.
@@ -78,6 +88,49 @@ pub fn mount_command(tree: &Path) -> String {
 pub fn kselftest_command(tree: &Path) -> String {
     let make = format!("make -C {}/tools/testing/selftests O=/tmp/kselftest TARGETS=kheaders run_tests", tree.to_string_lossy());
     format!("khtest-device run {}", shell_quote(&make))
+}
+
+/// The guest command that runs the README's device recipe
+/// (`images/khtest-recipe`) with the test module's sources in `tree`.
+pub fn recipe_command(tree: &Path) -> String {
+    let testmod = format!("{}/tools/testing/selftests/kheaders/testmod", tree.to_string_lossy());
+    format!("khtest-device run {}", shell_quote(&format!("/tmp/khtest-recipe {testmod}")))
+}
+
+/// The verdict on the recipe's TAP: three results, all passed; for a
+/// headers-only archive, `kheaders install` refused, saying why, and the
+/// rest skipped.
+pub fn judge_recipe(text: &str, expect: Expect) -> Verdict {
+    let what = "device recipe (kheaders install)";
+    let tap = tap::parse(text, "");
+    match tap.plan {
+        Some(Plan { count: 0, skip }) => return Verdict::Error(format!("{what} skipped itself on the device: {}", skip.unwrap_or_default())),
+        Some(Plan { count: 3, .. }) => {}
+        _ => return Verdict::Fail(format!("{what} printed no plan of 3; its output ends:\n    {}", last_lines(text, 8).join("\n    "))),
+    }
+    let mut problems = Vec::new();
+    for n in 1..=3 {
+        let Some(r) = tap.result(n) else {
+            problems.push(format!("no result {n}"));
+            continue;
+        };
+        let refused_headers_only = n == 1 && !r.ok && r.diag.iter().any(|d| d.contains("headers only"));
+        match expect {
+            Expect::HeadersOnly if n == 1 && !refused_headers_only => {
+                problems.push(format!("kheaders install must refuse a headers-only archive, saying so: {}{}", r.line, r.why()))
+            }
+            Expect::HeadersOnly if n > 1 && r.skip().is_none() => problems.push(format!("result {n} must be skipped: {}", r.line)),
+            Expect::HeadersOnly => {}
+            _ if !r.ok => problems.push(format!("{}{}", r.line, r.why())),
+            _ if r.skip().is_some() => problems.push(format!("result {n} was skipped: {}", r.line)),
+            _ => {}
+        }
+    }
+    if problems.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!("{what}: {}", problems.join("\n  ")))
+    }
 }
 
 /// The guest command that runs the port against the running kernel's
@@ -246,6 +299,22 @@ mod tests {
         assert!(!spurious_timeout(&with_setting, 601.0), "a real hang");
         assert!(!spurious_timeout(RUNNER_PASS, 16.2), "no timeout at all");
         assert!(matches!(judge("kselftest", hung, "# ", Expect::Loads), Verdict::Error(m) if m.contains("hung on the device")));
+    }
+
+    #[test]
+    fn the_recipe_passes_when_installed_built_and_removed_and_refuses_headers_only() {
+        let good = "TAP version 13\n1..3\n# kheaders: 6105 files in /usr/src/kheaders-6.12.118\nok 1 kheaders install\nok 2 module builds through /lib/modules/6.12.118/build\nok 3 kheaders remove\n";
+        assert_eq!(judge_recipe(good, Expect::Loads), Verdict::Pass);
+        assert!(matches!(judge_recipe(good, Expect::HeadersOnly), Verdict::Fail(m) if m.contains("must refuse")));
+        let refused = "1..3\n# kheaders: the archive has headers only (no Makefile): it cannot build modules\nnot ok 1 kheaders install\n\
+            ok 2 module builds through /lib/modules/6.12.117/build # SKIP not installed\nok 3 kheaders remove # SKIP not installed\n";
+        assert_eq!(judge_recipe(refused, Expect::HeadersOnly), Verdict::Pass);
+        assert!(
+            matches!(judge_recipe(refused, Expect::Loads), Verdict::Fail(m) if m.contains("not ok 1 kheaders install") && m.contains("headers only"))
+        );
+        let broken = good.replace("ok 2 module", "# make: *** [Makefile:1: all] Error 2\nnot ok 2 module");
+        assert!(matches!(judge_recipe(&broken, Expect::Refused), Verdict::Fail(m) if m.contains("not ok 2") && m.contains("Error 2")));
+        assert!(matches!(judge_recipe("no tap here", Expect::Loads), Verdict::Fail(m) if m.contains("no plan of 3")));
     }
 
     #[test]

@@ -31,15 +31,17 @@ pub enum Phase {
     Modbuild,
     Load,
     Device,
-    /// Parts of [`Phase::Device`], timed on their own.
+    /// Parts of [`Phase::Device`], timed on their own: its boot, the
+    /// kselftest, its port, and the README's recipe (`kheaders install`).
     DeviceBoot,
     DeviceKselftest,
     DevicePort,
+    DeviceRecipe,
 }
 
 impl Phase {
     /// Every phase and part, in flow order.
-    pub const ALL: [Phase; 22] = [
+    pub const ALL: [Phase; 23] = [
         Phase::Preflight,
         Phase::Tree,
         Phase::Pristine,
@@ -62,6 +64,7 @@ impl Phase {
         Phase::DeviceBoot,
         Phase::DeviceKselftest,
         Phase::DevicePort,
+        Phase::DeviceRecipe,
     ];
 
     /// The columns of the run's summary table.
@@ -72,7 +75,7 @@ impl Phase {
         [Phase::Image, Phase::Boot, Phase::Pull, Phase::FromImage, Phase::Extract, Phase::Modbuild, Phase::Bpf, Phase::Kselftest, Phase::Load];
 
     /// The parts of the device phase.
-    pub const DEVICE_PARTS: [Phase; 3] = [Phase::DeviceBoot, Phase::DeviceKselftest, Phase::DevicePort];
+    pub const DEVICE_PARTS: [Phase; 4] = [Phase::DeviceBoot, Phase::DeviceKselftest, Phase::DevicePort, Phase::DeviceRecipe];
 
     /// The name in logs, `results.json` and the docs.
     pub fn name(self) -> &'static str {
@@ -99,6 +102,7 @@ impl Phase {
             Phase::DeviceBoot => "device-boot",
             Phase::DeviceKselftest => "device-kselftest",
             Phase::DevicePort => "device-port",
+            Phase::DeviceRecipe => "device-recipe",
         }
     }
 

@@ -1,5 +1,6 @@
 //! The device lane of a cell: a second guest with the device's userland
-//! runs the kselftest and its port against its own archive. What the
+//! runs the kselftest, its port and the README's recipe (`kheaders
+//! install`) against its own archive. What the
 //! device runs and how it is judged is `crate::device`; this is the lane
 //! that boots it and records the outcome.
 
@@ -17,17 +18,18 @@ use crate::vm::{Guest, Spec};
 use crate::{checks, image, userland};
 
 /// One test the device runs: what it is called, its guest command, its
-/// part of the phase (and log name), and its TAP's line prefix.
+/// part of the phase (and log name), and how its TAP is judged.
 struct DeviceTest {
     what: &'static str,
     cmd: String,
     part: Phase,
-    prefix: &'static str,
+    judge: fn(&str, &str, Expect) -> Verdict,
 }
 
 impl Host<'_> {
     /// The device phase: a second guest, with the device's userland, runs
-    /// the kselftest and its port against its own archive.
+    /// the kselftest, its port and the README's recipe against its own
+    /// archive.
     pub fn device_lane(&self, run: &mut Run) -> Result<(), Stop> {
         let cell = self.cell;
         run.phase(Phase::Device, |run| {
@@ -40,13 +42,20 @@ impl Host<'_> {
                     what: "kselftest kheaders (make run_tests)",
                     cmd: device::kselftest_command(&self.tree.path),
                     part: Phase::DeviceKselftest,
-                    prefix: "# ",
+                    // Its TAP is nested in the kselftest runner's.
+                    judge: |what, text, expect| device::judge(what, text, "# ", expect),
                 },
                 DeviceTest {
                     what: "kselftest port (kheaders-selftest)",
                     cmd: device::port_command(archive_paths(cell).last().expect("one path")),
                     part: Phase::DevicePort,
-                    prefix: "",
+                    judge: |what, text, expect| device::judge(what, text, "", expect),
+                },
+                DeviceTest {
+                    what: "the README's recipe (kheaders install, make -C /lib/modules/$(uname -r)/build)",
+                    cmd: device::recipe_command(&self.tree.path),
+                    part: Phase::DeviceRecipe,
+                    judge: |_, text, expect| device::judge_recipe(text, expect),
                 },
             ];
             for test in tests {
@@ -82,7 +91,7 @@ impl Host<'_> {
         }
         run.part(test.part, t);
         device::save(&log, &out.text).map_err(blame::host)?;
-        let v = match device::judge(test.what, &out.text, test.prefix, Expect::of(self.cell)) {
+        let v = match (test.judge)(test.what, &out.text, Expect::of(self.cell)) {
             Verdict::Fail(r) => Verdict::Fail(format!("{r}\n  log: {}", log.display())),
             Verdict::Error(r) => Verdict::Error(format!("{r}\n  log: {}, console: {}", log.display(), guest.console_log().display())),
             v => v,
@@ -97,9 +106,10 @@ impl Host<'_> {
         let userland = userland::prepare(self.cache, cell.arch, &|m| run.say(m)).map_err(blame::host)?;
         // In the cache: copies of the repository (put-faults-back.sh) share it.
         let port_target = self.cache.root().join("device-port");
-        let port = device::port_binary(self.project, cell.arch, &port_target, &run.dir.join("device-port-build.log")).map_err(blame::host)?;
+        let port = device::port_binaries(self.project, cell.arch, &port_target, &run.dir.join("device-port-build.log")).map_err(blame::host)?;
         let initrd = run.dir.join(DEVICE_INITRAMFS);
-        let programs = [self.project.images_dir().join("khtest-device"), port];
+        let images = self.project.images_dir();
+        let programs: Vec<_> = [images.join("khtest-device"), images.join("khtest-recipe")].into_iter().chain(port).collect();
         image::make(&self.project.images_dir(), cell.arch, self.artifacts.kheaders_ko.as_slice(), &programs, &initrd).map_err(blame::host)?;
         // Measured: -smp 2 saves nothing, kbuild's probes run one by one.
         let spec = Spec::new(cell.arch, &self.artifacts.kernel_image, &initrd, &run.dir.join("device"), self.s.timeouts)
