@@ -15,6 +15,7 @@ pub mod install;
 pub mod ktap;
 pub mod load;
 pub mod modbuild;
+pub mod running;
 pub mod signals;
 
 use std::path::Path;

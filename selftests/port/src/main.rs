@@ -7,10 +7,10 @@
 
 use std::io::stdout;
 use std::path::PathBuf;
-use std::process::{exit, Command};
+use std::process::exit;
 
 use kheaders_selftest::ktap::{Ktap, Result::*};
-use kheaders_selftest::{archive, contents, load, modbuild, write_testmod};
+use kheaders_selftest::{archive, contents, load, modbuild, running, write_testmod};
 
 const USAGE: &str = "\
 usage: kheaders-selftest [ARCHIVE]
@@ -62,9 +62,6 @@ fn argument() -> Option<std::ffi::OsString> {
     }
 }
 
-/// Where the running kernel serves its archive, in the order looked for.
-const RUNNING: [&str; 2] = ["/sys/kernel/kheaders.tar.xz", "/proc/kheaders.tar.xz"];
-
 /// The archive under test.
 struct Archive {
     path: PathBuf,
@@ -83,7 +80,7 @@ fn find_archive() -> Result<Archive, String> {
         Some(a) => (Some(PathBuf::from(a)), String::new()),
         None => (env.map(PathBuf::from), "KHEADERS_ARCHIVE=".into()),
     };
-    let running = given.as_ref().is_none_or(|p| RUNNING.iter().any(|r| p.as_os_str() == *r));
+    let running = given.as_ref().is_none_or(|p| running::PATHS.iter().any(|r| p.as_os_str() == *r));
     if let Some(p) = given.as_ref().filter(|_| !running) {
         // As the shell kselftest: a named archive that cannot be read is
         // nothing to test.
@@ -99,21 +96,15 @@ fn find_archive() -> Result<Archive, String> {
 fn find_running_or(given: Option<PathBuf>, running: bool) -> Option<Archive> {
     let find = || match &given {
         Some(p) => (!running || p.exists()).then(|| p.clone()),
-        None => RUNNING.into_iter().map(PathBuf::from).find(|p| p.exists()),
+        None => running::served(),
     };
     if let Some(path) = find() {
         return Some(Archive { path, running, loaded_kheaders: false });
     }
-    if running && tool("modprobe", &["kheaders"]) {
+    if running && running::tool("modprobe", &["kheaders"]) {
         return Some(Archive { path: find()?, running, loaded_kheaders: true });
     }
     None
-}
-
-/// Whether `program args` runs and exits 0 within 30 s.
-fn tool(program: &str, args: &[&str]) -> bool {
-    let ask = modbuild::run_with_deadline(std::time::Duration::from_secs(30));
-    ask(Command::new(program).args(args), std::path::Path::new("/dev/null")).is_ok_and(|s| s.success())
 }
 
 fn main() {
@@ -123,7 +114,7 @@ fn main() {
         Err(why) => exit(Ktap::skip_all(stdout(), &why)),
     };
     // The port unpacks the archive itself: no xz needed.
-    let code = match ["make", "gcc"].into_iter().find(|t| !tool(t, &["--version"])) {
+    let code = match ["make", "gcc"].into_iter().find(|t| !running::tool(t, &["--version"])) {
         Some(t) => Ktap::skip_all(stdout(), &format!("'{t}' not found: building a module needs make and a C compiler")),
         None => match tempfile::tempdir() {
             Ok(work) => run(&archive, work.path()),
@@ -131,7 +122,7 @@ fn main() {
         },
     };
     if archive.loaded_kheaders {
-        tool("modprobe", &["-r", "kheaders"]);
+        running::unload_kheaders();
     }
     exit(code);
 }

@@ -337,9 +337,7 @@ mod tests {
             }
             b.finish().unwrap();
         }
-        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
-        xz.write_all(&raw).unwrap();
-        xz.finish().unwrap()
+        xz(&raw)
     }
 
     fn dest() -> (tempfile::TempDir, PathBuf) {
@@ -450,7 +448,11 @@ mod tests {
     }
 
     fn xz(raw: &[u8]) -> Vec<u8> {
-        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        xz_preset(raw, 6)
+    }
+
+    fn xz_preset(raw: &[u8], preset: u32) -> Vec<u8> {
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), preset);
         e.write_all(raw).unwrap();
         e.finish().unwrap()
     }
@@ -698,12 +700,6 @@ mod tests {
         fix_block_header_crc(&mut invalid);
         assert!(matches!(extract(&invalid[..], &d), Err(ArchiveError::Damaged(m)) if m.contains("dictionary property 41")));
         only(t.path(), &[]);
-    }
-
-    fn xz_preset(raw: &[u8], preset: u32) -> Vec<u8> {
-        let mut e = liblzma::write::XzEncoder::new(Vec::new(), preset);
-        e.write_all(raw).unwrap();
-        e.finish().unwrap()
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! or remove it. See `install.rs` and the README's device recipe.
 
 use std::path::PathBuf;
-use std::process::{exit, Command};
+use std::process::exit;
 
 use kheaders_selftest::install::{self, Outcome, Places};
+use kheaders_selftest::running;
 
 const USAGE: &str = "\
 usage: kheaders install [--archive PATH] [--root DIR] [--release R]
@@ -29,9 +30,6 @@ fn usage(why: &str) -> ! {
     eprint!("kheaders: {why}\n{USAGE}");
     exit(2)
 }
-
-/// Where the running kernel serves its archive.
-const RUNNING: [&str; 2] = ["/sys/kernel/kheaders.tar.xz", "/proc/kheaders.tar.xz"];
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -60,7 +58,7 @@ fn main() {
             };
             let r = install::install(&places, &path, install::this_machine());
             if loaded {
-                let _ = Command::new("modprobe").args(["-r", "kheaders"]).status();
+                running::unload_kheaders();
             }
             r
         }
@@ -81,13 +79,11 @@ fn main() {
 /// The running kernel's archive, loading kheaders.ko if it serves none;
 /// and whether this run loaded it.
 fn running_archive() -> (PathBuf, bool) {
-    let find = || RUNNING.into_iter().map(PathBuf::from).find(|p| p.exists());
-    if let Some(p) = find() {
+    if let Some(p) = running::served() {
         return (p, false);
     }
-    let loaded = Command::new("modprobe").arg("kheaders").status().is_ok_and(|s| s.success());
-    match find() {
-        Some(p) => (p, loaded),
+    match running::load_kheaders() {
+        Some(p) => (p, true),
         None => fail("the kernel serves no headers archive (and `modprobe kheaders` did not make one): it needs CONFIG_IKHEADERS"),
     }
 }
