@@ -3,6 +3,7 @@
 # Idempotent: when everything is present it prints nothing and exits 0.
 set -eu
 
+# dkms, python3-bpfcc: the x86_64 device's userland is this host's (the clients phase).
 packages="
 	linux-source-6.12
 	make gcc libc6-dev flex bison bc perl cpio xz-utils tar patch kmod rsync ccache
@@ -12,6 +13,7 @@ packages="
 	gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm
 	clang llvm
 	python3-venv
+	dkms python3-bpfcc
 "
 
 # The arm64 guest's busybox: Debian's busybox-static for arm64, unpacked

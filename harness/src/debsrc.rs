@@ -1,5 +1,6 @@
-//! Kernel sources from Debian: the `.tar.xz` that a `linux-source-<v>`
-//! package carries.
+//! Packages from Debian suites the host's sources lack: the kernel
+//! source `.tar.xz` that a `linux-source-<v>` package carries, and the
+//! device's DKMS source packages.
 //!
 //! A kernel in the host's own suites (6.12 on Debian 12) is installed by
 //! `scripts/setup-host.sh`. One that only a newer suite has (7.3, in
@@ -15,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::cache::Cache;
-use crate::matrix::{Kernel, KernelFacts};
+use crate::matrix::Kernel;
 use crate::process::output_limited;
 
 /// The longest apt may take to update its lists or fetch a package.
@@ -40,26 +41,38 @@ pub fn tarball(cache: &Cache, kernel: Kernel, progress: &dyn Fn(&str)) -> Result
         }
         return Ok(path);
     };
+    let dir = unpacked(cache, suite, facts.package, progress)?;
+    let path = dir.join(facts.tarball.trim_start_matches('/'));
+    if !path.is_file() {
+        bail!("{} from {suite} has no {}: is it still the package of the kernel source?", facts.package, facts.tarball);
+    }
+    Ok(path)
+}
+
+/// `package`'s candidate in `suite`, unpacked (`dpkg-deb -x`, no
+/// maintainer script) into a directory of `cache` named by its file
+/// name, so a new version is a new entry; fetched if it is not there.
+pub fn unpacked(cache: &Cache, suite: &str, package: &str, progress: &dyn Fn(&str)) -> Result<PathBuf> {
     let work = cache.root().join("debsrc-apt").join(suite);
     let _lock = cache.lock(&format!("debsrc-{suite}"))?;
     if !has_lists(&work) {
-        progress(&format!("{}: apt-get update of {suite} (a private sources list)", facts.package));
+        progress(&format!("{package}: apt-get update of {suite} (a private sources list)"));
         update(&work, suite)?;
     }
-    let file = match deb_file(&work, facts) {
+    let file = match deb_file(&work, suite, package) {
         Ok(f) => f,
         Err(_) => {
             // The lists may be older than the archive: read them again once.
             update(&work, suite)?;
-            deb_file(&work, facts)?
+            deb_file(&work, suite, package)?
         }
     };
     let name = file.trim_end_matches(".deb").replace(['~', '+', ':'], "_");
-    let dir = cache.get_or_make("debsrc", &name, |dir| {
-        progress(&format!("{}: downloading {file}", facts.package));
-        download(&work, facts, dir).or_else(|_| {
+    cache.get_or_make("debsrc", &name, |dir| {
+        progress(&format!("{package}: downloading {file}"));
+        download(&work, package, dir).or_else(|_| {
             update(&work, suite)?;
-            download(&work, facts, dir)
+            download(&work, package, dir)
         })?;
         let deb = dir.join(&file);
         let out = output_limited(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dir), APT_LIMIT)?;
@@ -67,12 +80,7 @@ pub fn tarball(cache: &Cache, kernel: Kernel, progress: &dyn Fn(&str)) -> Result
             bail!("dpkg-deb -x {} failed: {}", deb.display(), String::from_utf8_lossy(&out.stderr).trim());
         }
         std::fs::remove_file(&deb).with_context(|| format!("cannot remove {}", deb.display()))
-    })?;
-    let path = dir.join(facts.tarball.trim_start_matches('/'));
-    if !path.is_file() {
-        bail!("{file} has no {}: is {} still the package of the kernel source?", facts.tarball, facts.package);
-    }
-    Ok(path)
+    })
 }
 
 fn has_lists(work: &Path) -> bool {
@@ -110,19 +118,19 @@ fn update(work: &Path, suite: &str) -> Result<()> {
 }
 
 /// The file name of the package's candidate `.deb`, which names its version.
-fn deb_file(work: &Path, facts: &KernelFacts) -> Result<String> {
-    let out = output_limited(apt("apt-get", work).args(["download", "--print-uris", facts.package]), APT_LIMIT)?;
+fn deb_file(work: &Path, suite: &str, package: &str) -> Result<String> {
+    let out = output_limited(apt("apt-get", work).args(["download", "--print-uris", package]), APT_LIMIT)?;
     let text = String::from_utf8_lossy(&out.stdout);
     match crate::userland::parse_uris(&text).into_iter().next() {
         Some((_, file)) if out.status.success() => Ok(file),
-        _ => bail!("apt finds no {} in {}: {}", facts.package, facts.suite.unwrap_or("?"), String::from_utf8_lossy(&out.stderr).trim()),
+        _ => bail!("apt finds no {package} in {suite}: {}", String::from_utf8_lossy(&out.stderr).trim()),
     }
 }
 
-fn download(work: &Path, facts: &KernelFacts, dir: &Path) -> Result<()> {
-    let out = output_limited(apt("apt-get", work).args(["download", facts.package]).current_dir(dir), APT_LIMIT)?;
+fn download(work: &Path, package: &str, dir: &Path) -> Result<()> {
+    let out = output_limited(apt("apt-get", work).args(["download", package]).current_dir(dir), APT_LIMIT)?;
     if !out.status.success() {
-        bail!("apt-get download {} failed: {}", facts.package, String::from_utf8_lossy(&out.stderr).trim());
+        bail!("apt-get download {package} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }

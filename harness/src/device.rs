@@ -139,7 +139,8 @@ pub fn port_command(archive: &str) -> String {
     format!("khtest-device run {}", shell_quote(&format!("/tmp/kheaders-selftest {archive}")))
 }
 
-fn shell_quote(s: &str) -> String {
+/// `s` as one single-quoted shell word.
+pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 

@@ -11,6 +11,7 @@ pub mod buildlog;
 pub mod cache;
 pub mod cell;
 pub mod checks;
+pub mod clients;
 pub mod console;
 pub mod debsrc;
 pub mod device;

@@ -136,6 +136,10 @@ pub struct Cell {
     /// What loading the test module must do in this cell's guest.
     #[serde(default)]
     pub module_load: ModuleLoad,
+    /// Run the archive's real users on the device after the device phase
+    /// (the `clients` phase: DKMS).
+    #[serde(default)]
+    pub clients: bool,
 }
 
 /// The expected outcome of `insmod test.ko`.
@@ -308,6 +312,9 @@ impl Matrix {
             }
             if c.module_load != ModuleLoad::Loads && !c.modbuild {
                 bail!("cell {:?}: `module_load` needs `modbuild: true` (no module is built otherwise)", c.name);
+            }
+            if c.clients && c.module_load != ModuleLoad::Loads {
+                bail!("cell {:?}: `clients: true` needs a module that loads (DKMS loads what it builds with modprobe)", c.name);
             }
             for f in &c.fragments {
                 let p = self.fragment_dir.join(f);

@@ -37,11 +37,17 @@ pub enum Phase {
     DeviceKselftest,
     DevicePort,
     DeviceRecipe,
+    /// The archive's real users on the device (DKMS, bcc), in the device's
+    /// guest after the device phase, in cells with `clients: true`.
+    Clients,
+    /// Parts of [`Phase::Clients`]: DKMS with two packages; bcc.
+    ClientsDkms,
+    ClientsBcc,
 }
 
 impl Phase {
     /// Every phase and part, in flow order.
-    pub const ALL: [Phase; 23] = [
+    pub const ALL: [Phase; 26] = [
         Phase::Preflight,
         Phase::Tree,
         Phase::Pristine,
@@ -65,10 +71,14 @@ impl Phase {
         Phase::DeviceKselftest,
         Phase::DevicePort,
         Phase::DeviceRecipe,
+        Phase::Clients,
+        Phase::ClientsDkms,
+        Phase::ClientsBcc,
     ];
 
     /// The columns of the run's summary table.
-    pub const TABLE: [Phase; 7] = [Phase::Build, Phase::Boot, Phase::Pull, Phase::Extract, Phase::Modbuild, Phase::Load, Phase::Device];
+    pub const TABLE: [Phase; 8] =
+        [Phase::Build, Phase::Boot, Phase::Pull, Phase::Extract, Phase::Modbuild, Phase::Load, Phase::Device, Phase::Clients];
 
     /// What a verdict needs after the build (the bench's "boot to verdict").
     pub const AFTER_BUILD: [Phase; 9] =
@@ -103,6 +113,9 @@ impl Phase {
             Phase::DeviceKselftest => "device-kselftest",
             Phase::DevicePort => "device-port",
             Phase::DeviceRecipe => "device-recipe",
+            Phase::Clients => "clients",
+            Phase::ClientsDkms => "clients-dkms",
+            Phase::ClientsBcc => "clients-bcc",
         }
     }
 
@@ -135,6 +148,7 @@ mod tests {
         let lanes =
             [Phase::FromImage, Phase::Boot, Phase::Pull, Phase::Extract, Phase::Bpf, Phase::Kselftest, Phase::Modbuild, Phase::Load, Phase::Device];
         assert!(lanes.windows(2).all(|w| Phase::rank(Some(w[0])) < Phase::rank(Some(w[1]))));
-        assert!(Phase::rank(Some(Phase::Device)) < Phase::rank(None));
+        assert!(Phase::rank(Some(Phase::Device)) < Phase::rank(Some(Phase::Clients)));
+        assert!(Phase::rank(Some(Phase::Clients)) < Phase::rank(None));
     }
 }

@@ -19,7 +19,8 @@ use crate::cache::{key, Cache};
 use crate::matrix::Arch;
 use crate::process::output_limited;
 
-/// What the device needs to unpack its archive, build a module and load it.
+/// What the device needs to unpack its archive, build a module and load
+/// it, and the clients (DKMS, bcc).
 pub const PACKAGES: &[&str] = &[
     "gcc",
     "make",
@@ -36,6 +37,10 @@ pub const PACKAGES: &[&str] = &[
     "mawk",
     "diffutils",
     "util-linux",
+    // The clients phase: Debian's dkms, a bash script; bcc.
+    "dkms",
+    "bash",
+    "python3-bpfcc",
 ];
 
 /// The programs the device phase needs in the userland, whichever it is.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use kheaders_selftest::modbuild;
 use khtest::console::{Console, ConsoleError, Output};
 use khtest::report::Verdict;
-use khtest::{buildlog, checks, device, tap};
+use khtest::{buildlog, checks, clients, device, tap};
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("test_data").join(rel)
@@ -112,6 +112,20 @@ fn the_device_tap_of_the_kselftest_and_the_port_is_read_and_judged() {
     let broken = runner.replace("# ok 3 module builds", "# not ok 3 module builds").replace("ok 1 selftests", "not ok 1 selftests");
     let v = checks::kselftest_tap(&broken, "kheaders: run_kheaders_modbuild.sh");
     assert!(matches!(&v, Verdict::Fail(m) if m.starts_with("not ok 1 selftests") && m.contains("\n  not ok 3 module builds")), "{v:?}");
+}
+
+#[test]
+fn dkms_on_the_device_is_read_and_judged_and_a_broken_step_quotes_dkms() {
+    let log = text("tap/x86_64-m-o-clients-dkms.log");
+    assert_eq!(clients::judge_dkms(&log, device::Expect::Loads), Verdict::Pass);
+    let names: Vec<String> = tap::parse(&log, "").results.iter().map(|r| r.name.clone()).collect();
+    assert!(names.contains(&"dkms build vpoll/0.1.1".to_owned()) && names.contains(&"vpoll works".to_owned()), "{names:?}");
+    // The same run with vpoll's events not seen: a FAIL quoting vpoll-check.
+    let broken = log.replace("0x3 raised", "0x0 raised").replace("ok 12 vpoll works", "not ok 12 vpoll works");
+    let v = clients::judge_dkms(&broken, device::Expect::Loads);
+    assert!(matches!(&v, Verdict::Fail(m) if m.contains("not ok 12 vpoll works") && m.contains("0x0 raised")), "{v:?}");
+    // A module-build run is not what a headers-only archive must give.
+    assert!(matches!(clients::judge_dkms(&log, device::Expect::HeadersOnly), Verdict::Fail(m) if m.contains("must refuse")));
 }
 
 #[test]

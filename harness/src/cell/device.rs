@@ -1,8 +1,9 @@
 //! The device lane of a cell: a second guest with the device's userland
 //! runs the kselftest, its port and the README's recipe (`kheaders
-//! install`) against its own archive. What the
-//! device runs and how it is judged is `crate::device`; this is the lane
-//! that boots it and records the outcome.
+//! install`) against its own archive, then (`clients: true`) the
+//! archive's real users. What the device runs and how it is judged is
+//! `crate::device` and `crate::clients`; this is the lane that boots it
+//! and records the outcome.
 
 use std::time::Instant;
 
@@ -15,7 +16,7 @@ use crate::device::{self, Expect};
 use crate::phase::Phase;
 use crate::report::Verdict;
 use crate::vm::{Guest, Spec};
-use crate::{checks, image, userland};
+use crate::{checks, clients, image, userland};
 
 /// One test the device runs: what it is called, its guest command, its
 /// part of the phase (and log name), and how its TAP is judged.
@@ -32,7 +33,7 @@ impl Host<'_> {
     /// archive.
     pub fn device_lane(&self, run: &mut Run) -> Result<(), Stop> {
         let cell = self.cell;
-        run.phase(Phase::Device, |run| {
+        let mut guest = run.phase(Phase::Device, |run| {
             let mut guest = self.device_guest(run)?;
             let out = guest.run(Phase::Device.name(), "khtest-device readonly", self.s.timeouts.command).map_err(blame::of_vm)?;
             run.check("the device guest cannot write to the host (read-only 9p export)", device::readonly_verdict(out.status, &out.text))?;
@@ -58,16 +59,45 @@ impl Host<'_> {
                     judge: |_, text, expect| device::judge_recipe(text, expect),
                 },
             ];
-            for test in tests {
-                self.device_test(run, &mut guest, &test)?;
-                if self.artifacts.kheaders_ko.is_some() {
-                    let after = served(&mut guest, &archive_paths(cell), self.s.timeouts.command)?;
-                    run.check(&format!("device: no archive after the {} unloads kheaders.ko", test.what), checks::served_sizes(&after, &[], 0))?;
-                }
+            for test in &tests {
+                self.device_test_unloads(run, &mut guest, test)?;
             }
-            guest.shutdown();
+            Ok(guest)
+        })?;
+        let r = if cell.clients {
+            run.phase(Phase::Clients, |run| {
+                let tests = [
+                    DeviceTest {
+                        what: "DKMS (dkms add, build, install, modprobe, remove; the test module and Debian's vpoll-dkms)",
+                        cmd: clients::dkms_command(&self.tree.path),
+                        part: Phase::ClientsDkms,
+                        judge: |_, text, expect| clients::judge_dkms(text, expect),
+                    },
+                    DeviceTest {
+                        what: "bcc (python3-bpfcc: unpacks the archive itself, a kprobe reading task_struct)",
+                        cmd: clients::bcc_command(),
+                        part: Phase::ClientsBcc,
+                        judge: |_, text, _| clients::judge_bcc(text),
+                    },
+                ];
+                tests.iter().try_for_each(|test| self.device_test_unloads(run, &mut guest, test))
+            })
+        } else {
             Ok(())
-        })
+        };
+        guest.shutdown();
+        r
+    }
+
+    /// Run one test on the device; where kheaders is a module, the test
+    /// must leave it unloaded.
+    fn device_test_unloads(&self, run: &mut Run, guest: &mut Guest, test: &DeviceTest) -> Result<(), Stop> {
+        self.device_test(run, guest, test)?;
+        if self.artifacts.kheaders_ko.is_some() {
+            let after = served(guest, &archive_paths(self.cell), self.s.timeouts.command)?;
+            run.check(&format!("device: no archive after the {} unloads kheaders.ko", test.what), checks::served_sizes(&after, &[], 0))?;
+        }
+        Ok(())
     }
 
     /// Run one test on the device, again if the guest's clock jumped, and
@@ -109,12 +139,17 @@ impl Host<'_> {
         let port = device::port_binaries(self.project, cell.arch, &port_target, &run.dir.join("device-port-build.log")).map_err(blame::host)?;
         let initrd = run.dir.join(DEVICE_INITRAMFS);
         let images = self.project.images_dir();
-        let programs: Vec<_> = [images.join("khtest-device"), images.join("khtest-recipe")].into_iter().chain(port).collect();
+        let mut programs: Vec<_> = [images.join("khtest-device"), images.join("khtest-recipe")].into_iter().chain(port).collect();
+        let mut shares = device::shares(&userland, &self.tree.path);
+        if cell.clients {
+            programs.extend(clients::IMAGE_FILES.iter().map(|f| images.join(f)));
+            shares.push(clients::share(self.cache, &|m| run.say(m)).map_err(blame::host)?);
+        }
         image::make(&self.project.images_dir(), cell.arch, self.artifacts.kheaders_ko.as_slice(), &programs, &initrd).map_err(blame::host)?;
         // Measured: -smp 2 saves nothing, kbuild's probes run one by one.
         let spec = Spec::new(cell.arch, &self.artifacts.kernel_image, &initrd, &run.dir.join("device"), self.s.timeouts)
             .memory(device::MEMORY_MIB)
-            .shares(device::shares(&userland, &self.tree.path));
+            .shares(shares);
         let t = Instant::now();
         let guest = boot_retrying_once(&spec, &mut run.retries)?;
         run.part(Phase::DeviceBoot, t);
