@@ -154,6 +154,9 @@ pub enum ModuleLoad {
     RefusedNoVersions,
 }
 
+/// The fragment with what the clients phase's programs need of the kernel.
+pub const CLIENTS_FRAGMENT: &str = "clients.config";
+
 fn yes() -> bool {
     true
 }
@@ -316,6 +319,9 @@ impl Matrix {
             if c.clients && c.module_load != ModuleLoad::Loads {
                 bail!("cell {:?}: `clients: true` needs a module that loads (DKMS loads what it builds with modprobe)", c.name);
             }
+            if c.clients && !c.fragments.iter().any(|f| f == CLIENTS_FRAGMENT) {
+                bail!("cell {:?}: `clients: true` needs the {CLIENTS_FRAGMENT} fragment (bcc's kernel options): add it to `fragments`", c.name);
+            }
             for f in &c.fragments {
                 let p = self.fragment_dir.join(f);
                 if !p.is_file() {
@@ -445,6 +451,8 @@ cells:
         assert!(e.contains("`regen: true` needs"), "{e}");
         let e = err("cells:\n  - {name: a, arch: x86_64, kheaders: y, patched: false, modbuild: false, module_load: refused-no-versions}\n");
         assert!(e.contains("`module_load` needs `modbuild: true`"), "{e}");
+        let e = err("cells:\n  - {name: a, arch: x86_64, kheaders: y, clients: true, fragments: [base.config]}\n");
+        assert!(e.contains("needs the clients.config fragment"), "{e}");
         let e = err("cells:\n  - {name: a, arch: x86_64, kheaders: y, module_load: maybe}\n");
         assert!(e.contains("maybe") && e.contains("refused-no-versions"), "{e}");
         let d = frag_dir();

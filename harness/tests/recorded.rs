@@ -126,6 +126,18 @@ fn dkms_on_the_device_is_read_and_judged_and_a_broken_step_quotes_dkms() {
     assert!(matches!(&v, Verdict::Fail(m) if m.contains("not ok 12 vpoll works") && m.contains("0x0 raised")), "{v:?}");
     // A module-build run is not what a headers-only archive must give.
     assert!(matches!(clients::judge_dkms(&log, device::Expect::HeadersOnly), Verdict::Fail(m) if m.contains("must refuse")));
+    // The arm64 device, its own userland's dkms and gcc: the same steps.
+    assert_eq!(clients::judge_dkms(&text("tap/arm64-y-o-clients-dkms.log"), device::Expect::Loads), Verdict::Pass);
+}
+
+#[test]
+fn bcc_on_a_kernel_without_the_bpf_syscall_fails_quoting_bccs_reason() {
+    // arm64-y-o without the clients fragment: bcc unpacked the archive and
+    // compiled against it, and its own helpers refused the kernel.
+    let log = text("tap/arm64-y-o-clients-bcc-no-bpf-syscall.log");
+    let v = clients::judge_bcc(&log);
+    assert!(matches!(&v, Verdict::Fail(m) if m.contains("CONFIG_BPF_SYSCALL is undefined") && m.contains("not ok 1 bcc compiles")), "{v:?}");
+    assert_eq!(clients::bcc_seconds(&log), None, "no program was loaded, so there is no time");
 }
 
 #[test]

@@ -30,63 +30,77 @@ struct DeviceTest {
 impl Host<'_> {
     /// The device phase: a second guest, with the device's userland, runs
     /// the kselftest, its port and the README's recipe against its own
-    /// archive.
+    /// archive; then, in the same guest, the clients phase. The clients
+    /// run after a device phase that failed too (but not after an ERROR):
+    /// what DKMS and bcc make of a broken archive is worth seeing.
     pub fn device_lane(&self, run: &mut Run) -> Result<(), Stop> {
-        let cell = self.cell;
-        let mut guest = run.phase(Phase::Device, |run| {
-            let mut guest = self.device_guest(run)?;
-            let out = guest.run(Phase::Device.name(), "khtest-device readonly", self.s.timeouts.command).map_err(blame::of_vm)?;
-            run.check("the device guest cannot write to the host (read-only 9p export)", device::readonly_verdict(out.status, &out.text))?;
-            guest.run_ok(Phase::Device.name(), &device::mount_command(&self.tree.path)).map_err(blame::of_vm)?;
-            let tests = [
-                DeviceTest {
-                    what: "kselftest kheaders (make run_tests)",
-                    cmd: device::kselftest_command(&self.tree.path),
-                    part: Phase::DeviceKselftest,
-                    // Its TAP is nested in the kselftest runner's.
-                    judge: |what, text, expect| device::judge(what, text, "# ", expect),
-                },
-                DeviceTest {
-                    what: "kselftest port (kheaders-selftest)",
-                    cmd: device::port_command(archive_paths(cell).last().expect("one path")),
-                    part: Phase::DevicePort,
-                    judge: |what, text, expect| device::judge(what, text, "", expect),
-                },
-                DeviceTest {
-                    what: "the README's recipe (kheaders install, make -C /lib/modules/$(uname -r)/build)",
-                    cmd: device::recipe_command(&self.tree.path),
-                    part: Phase::DeviceRecipe,
-                    judge: |_, text, expect| device::judge_recipe(text, expect),
-                },
-            ];
-            for test in &tests {
-                self.device_test_unloads(run, &mut guest, test)?;
-            }
-            Ok(guest)
-        })?;
-        let r = if cell.clients {
-            run.phase(Phase::Clients, |run| {
-                let tests = [
-                    DeviceTest {
-                        what: "DKMS (dkms add, build, install, modprobe, remove; the test module and Debian's vpoll-dkms)",
-                        cmd: clients::dkms_command(&self.tree.path),
-                        part: Phase::ClientsDkms,
-                        judge: |_, text, expect| clients::judge_dkms(text, expect),
-                    },
-                    DeviceTest {
-                        what: "bcc (python3-bpfcc: unpacks the archive itself, a kprobe reading task_struct)",
-                        cmd: clients::bcc_command(),
-                        part: Phase::ClientsBcc,
-                        judge: |_, text, _| clients::judge_bcc(text),
-                    },
-                ];
-                tests.iter().try_for_each(|test| self.device_test_unloads(run, &mut guest, test))
-            })
-        } else {
-            Ok(())
+        let mut guest = None;
+        let device = run.phase(Phase::Device, |run| self.device_phase(run, &mut guest));
+        let device_phase = run.current;
+        let clients = match (&mut guest, &device) {
+            (Some(guest), Ok(()) | Err(Verdict::Fail(_))) if self.cell.clients => run.phase(Phase::Clients, |run| self.clients_phase(run, guest)),
+            _ => Ok(()),
         };
-        guest.shutdown();
-        r
+        if let Some(guest) = guest {
+            guest.shutdown();
+        }
+        if device.is_err() {
+            // The cell's verdict is the device phase's stop.
+            run.current = device_phase;
+        }
+        device.and(clients)
+    }
+
+    /// Boot the device, check and mount it (then `guest` holds it), and run
+    /// the device phase's tests.
+    fn device_phase(&self, run: &mut Run, guest: &mut Option<Guest>) -> Result<(), Stop> {
+        let cell = self.cell;
+        let mut booted = self.device_guest(run)?;
+        let out = booted.run(Phase::Device.name(), "khtest-device readonly", self.s.timeouts.command).map_err(blame::of_vm)?;
+        run.check("the device guest cannot write to the host (read-only 9p export)", device::readonly_verdict(out.status, &out.text))?;
+        booted.run_ok(Phase::Device.name(), &device::mount_command(&self.tree.path)).map_err(blame::of_vm)?;
+        let guest = guest.insert(booted);
+        let tests = [
+            DeviceTest {
+                what: "kselftest kheaders (make run_tests)",
+                cmd: device::kselftest_command(&self.tree.path),
+                part: Phase::DeviceKselftest,
+                // Its TAP is nested in the kselftest runner's.
+                judge: |what, text, expect| device::judge(what, text, "# ", expect),
+            },
+            DeviceTest {
+                what: "kselftest port (kheaders-selftest)",
+                cmd: device::port_command(archive_paths(cell).last().expect("one path")),
+                part: Phase::DevicePort,
+                judge: |what, text, expect| device::judge(what, text, "", expect),
+            },
+            DeviceTest {
+                what: "the README's recipe (kheaders install, make -C /lib/modules/$(uname -r)/build)",
+                cmd: device::recipe_command(&self.tree.path),
+                part: Phase::DeviceRecipe,
+                judge: |_, text, expect| device::judge_recipe(text, expect),
+            },
+        ];
+        tests.iter().try_for_each(|test| self.device_test_unloads(run, guest, test))
+    }
+
+    /// The archive's real users, in the mounted device: DKMS, then bcc.
+    fn clients_phase(&self, run: &mut Run, guest: &mut Guest) -> Result<(), Stop> {
+        let tests = [
+            DeviceTest {
+                what: "DKMS (dkms add, build, install, modprobe, remove; the test module and Debian's vpoll-dkms)",
+                cmd: clients::dkms_command(&self.tree.path),
+                part: Phase::ClientsDkms,
+                judge: |_, text, expect| clients::judge_dkms(text, expect),
+            },
+            DeviceTest {
+                what: "bcc (python3-bpfcc: unpacks the archive itself, a kprobe reading task_struct)",
+                cmd: clients::bcc_command(),
+                part: Phase::ClientsBcc,
+                judge: |_, text, _| clients::judge_bcc(text),
+            },
+        ];
+        tests.iter().try_for_each(|test| self.device_test_unloads(run, guest, test))
     }
 
     /// Run one test on the device; where kheaders is a module, the test
