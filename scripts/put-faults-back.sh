@@ -41,6 +41,14 @@
 # hostarch-v7_3 (arm64-y-o-v7_3), dtbindings-v7_3, errors-v7_3,
 # symvers-v7_3 (the series' Makefile.modpost differ) and snapshot-v7_3.
 #
+# Of the clients on the device (issue #31), run by default too, each
+# caught in x86_64-m-o, the clients cell with kheaders as a module:
+# dkmsneeds (the archive without scripts/module.lds, which every module
+# build links with: DKMS's build fails on the device too), release (the
+# archive's kernel.release from another build: kheaders install refuses
+# it, so dkms finds no headers) and bccfield (not a series fault: the bcc
+# program reads a task_struct field the archive's headers do not have).
+#
 # Two more, not run unless named, break the build the plainest ways, to
 # show what a broken build's verdict quotes: cc (a compiler error in
 # kernel/kheaders.c) and ld (an undefined reference when vmlinux links).
@@ -51,8 +59,8 @@
 # Each run builds a kernel, mostly from ccache once the series' own cells
 # have been built (2 to 3 min with the cell's device phase; the errors,
 # adjust, touchconfig, tmpfiles, config, script and snapshot runs also
-# drive the regen phase, about 5 min each): about 85 min for all
-# twenty-eight. Results:
+# drive the regen phase, about 5 min each): about 100 min for all
+# thirty-one. Results:
 # target/khtest-faults/.
 # The sed expressions below quote make and shell text literally:
 # shellcheck disable=SC2016
@@ -63,7 +71,7 @@ out=${KHTEST_FAULTS_OUT:-$repo/target/khtest-faults}
 khtest=$repo/target/release/khtest
 faults=${*:-regen arch spdx symvers oot pristine errors xzmem adjust hostarch randstruct touchconfig tmpfiles dtbindings config script snapshot \
 	config-v7_3 tmpfiles-v7_3 touchconfig-v7_3 randstruct-v7_3 xzmem-v7_3 adjust-v7_3 hostarch-v7_3 dtbindings-v7_3 errors-v7_3 \
-	symvers-v7_3 snapshot-v7_3}
+	symvers-v7_3 snapshot-v7_3 dkmsneeds release bccfield}
 
 cd "$repo"
 cargo build -q --release -p khtest
@@ -98,6 +106,18 @@ fault_patch()
 # Both series carry the same generator and kbuild rules (6.12's on a
 # backport of mainline's), so one expression serves both; "-v7_3" only says
 # which series and cells.
+# A fault in the copy's own file (not the series): FILE edited by sed E.
+client_fault()
+{
+	cp "$1" "$1.orig"
+	sed -i "$2" "$1"
+	if cmp -s "$1" "$1.orig"; then
+		echo "put-faults-back: the fault changes nothing in $1: update this script" >&2
+		exit 2
+	fi
+	rm -f "$1.orig"
+}
+
 make_patch()
 {
 	rm -f "$out/$1.patch"
@@ -159,6 +179,16 @@ make_patch()
 			's/^\t\tfind dt-bindings ! -type d | sort | comm -23 - "\${keep}" |$/\t\tfind dt-bindings ! -type d |/' ;;
 	cc)
 		fault_patch "$1" kernel/kheaders.c '/^static int __init ikheaders_init(void)$/,/^}$/s/^\tint ret;$/\tint ret/' ;;
+	dkmsneeds)
+		fault_patch "$1" kernel/Makefile \
+			's/^\techo scripts\/mod\/devicetable-offsets\.h; \\$/\techo scripts\/mod\/devicetable-offsets.h/' \
+			'/^\techo scripts\/module\.lds$/d' ;;
+	release)
+		fault_patch "$1" kernel/gen_kheaders.sh \
+			's/^rm -f "\${tmpdir}\.copy\.tar"$/\0\nif [ -f "${tmpdir}\/include\/config\/kernel.release" ]; then echo 0.0.0-another-build > "${tmpdir}\/include\/config\/kernel.release"; fi/' ;;
+	bccfield)
+		# Not in the series: client_fault puts it into the copy.
+		: ;;
 	ld)
 		fault_patch "$1" kernel/kheaders.c \
 			'/^static int __init ikheaders_init(void)$/,/^}$/s/^\tint ret;$/\tint ret;\n\textern int khtest_undefined(void);\n\n\tkhtest_undefined();/' ;;
@@ -175,6 +205,7 @@ cell_for()
 	pristine) echo x86_64-y-intree ;;
 	hostarch) echo arm64-y-o ;;
 	hostarch-v7_3) echo arm64-y-o-v7_3 ;;
+	dkmsneeds|release|bccfield) echo x86_64-m-o ;;
 	*-v7_3) echo x86_64-y-o-v7_3 ;;
 	*) echo x86_64-y-o ;;
 	esac
@@ -194,8 +225,14 @@ for f in $faults; do
 	rm -rf "$copy"
 	mkdir -p "$copy"
 	git archive HEAD | tar -x -C "$copy"
-	cp "$out/$f.patch" "$copy/kernel/$kernel/9999-fault-$f.patch"
-	echo "9999-fault-$f.patch" >> "$copy/kernel/$kernel/series"
+	case $f in
+	bccfield)
+		client_fault "$copy/images/khtest-bcc" \
+			's/^    field = sys.argv\[1\] if len(sys.argv) > 1 else "pid"$/    field = "no_such_field"/' ;;
+	*)
+		cp "$out/$f.patch" "$copy/kernel/$kernel/9999-fault-$f.patch"
+		echo "9999-fault-$f.patch" >> "$copy/kernel/$kernel/series" ;;
+	esac
 	# Only these faults need the regen phase: spare the others it.
 	case ${f%-v7_3} in
 	errors|adjust|touchconfig|tmpfiles|config|script|snapshot) ;;

@@ -76,6 +76,10 @@ struct BenchCells {
     x86_73: Cell,
     arm_73: Cell,
     mainline: Cell,
+    /// The clients cells of the same arch and kernel, with the module-build
+    /// archive and headers only: bcc's time on each.
+    clients: Cell,
+    clients_headers_only: Cell,
 }
 
 impl BenchCells {
@@ -91,6 +95,8 @@ impl BenchCells {
             x86_73: pick("7.3 x86_64 =y O= module-build", &|c| series(c, Kernel::V7_3) && c.arch.is_host())?,
             arm_73: pick("7.3 arm64 =y O= module-build", &|c| series(c, Kernel::V7_3) && !c.arch.is_host())?,
             mainline: pick("unpatched", &|c| oot(c) && !c.patched)?,
+            clients: pick("x86_64 clients module-build", &|c| c.clients && c.modbuild && c.arch.is_host())?,
+            clients_headers_only: pick("x86_64 clients headers-only", &|c| c.clients && !c.modbuild && c.arch.is_host())?,
         })
     }
 }
@@ -155,6 +161,8 @@ pub fn run(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options, pro
     verdicts(project, matrix, x86, &on, s, opts, &dir, &mut figures)?;
     progress("bench: the device phase, x86_64 and arm64");
     device_phases(project, matrix, &[(x86, 45.0), (arm_cell, 150.0)], s, opts, &mut figures)?;
+    progress("bench: the clients on the device, module-build archive and headers only");
+    clients_phases(project, matrix, &[&cells.clients, &cells.clients_headers_only], s, opts, &mut figures)?;
     if opts.matrix {
         whole_matrix(project, matrix, s, opts, progress, &mut figures)?;
     }
@@ -191,6 +199,37 @@ fn device_phases(project: &Project, matrix: &Matrix, cells: &[(&Cell, f64)], s: 
             figures.push(Figure::new("device", format!("  {arch}: {what}"), median(&mut times[i + 1]), "s"));
         }
     }
+    Ok(())
+}
+
+/// The clients phase of `cells` (a module-build cell, then a headers-only
+/// one) and its parts, and bcc's time from start to program loaded (which
+/// includes its unpacking of the whole archive): the medians of `reps`
+/// runs, the module-build archive against headers only.
+fn clients_phases(project: &Project, matrix: &Matrix, cells: &[&Cell; 2], s: &Settings, opts: &Options, figures: &mut Vec<Figure>) -> Result<()> {
+    let mut bcc = Vec::new();
+    for c in cells {
+        let (mut phase, mut dkms, mut loaded) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..opts.reps.max(1) {
+            let r = cell::run(project, matrix, c, s, &|_| {});
+            if r.verdict.is_bad() {
+                bail!("cell {} did not pass ({:?}), so its clients' time means nothing", c.name, r.verdict);
+            }
+            phase.push(r.phase_seconds(Phase::Clients).with_context(|| format!("cell {} has no clients phase", c.name))?);
+            dkms.push(r.phase_seconds(Phase::ClientsDkms).with_context(|| format!("cell {} has no DKMS part", c.name))?);
+            let log = r.dir.join(format!("{}.log", Phase::ClientsBcc));
+            let text = std::fs::read_to_string(&log).with_context(|| format!("cannot read {}", log.display()))?;
+            loaded.push(crate::clients::bcc_seconds(&text).with_context(|| format!("{} gives no bcc time", log.display()))?);
+        }
+        figures.push(Figure::new("clients", format!("clients phase ({}), TCG", c.name), median(&mut phase), "s"));
+        figures.push(Figure::new("clients", format!("  {}: DKMS, two packages", c.name), median(&mut dkms), "s"));
+        bcc.push(median(&mut loaded));
+    }
+    figures.push(
+        Figure::new("clients", format!("bcc, start to program loaded, module-build archive ({})", cells[0].name), bcc[0], "s")
+            .against(format!("headers only ({})", cells[1].name), bcc[1])
+            .ratio_at_most(1.1),
+    );
     Ok(())
 }
 

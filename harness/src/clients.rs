@@ -117,6 +117,12 @@ pub fn bcc_command() -> String {
     format!("khtest-device run {}", shell_quote("/tmp/khtest-bcc"))
 }
 
+/// bcc's time from start to program loaded, as `images/khtest-bcc`
+/// prints it (`# bcc: compiled and loaded in 9.1 s`).
+pub fn bcc_seconds(text: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix("# bcc: compiled and loaded in ")?.strip_suffix(" s")?.parse().ok())
+}
+
 /// The results `images/khtest-bcc` prints.
 const BCC_RESULTS: usize = 4;
 
@@ -200,6 +206,7 @@ mod tests {
             "TAP version 13\n1..4\n# bcc: compiled and loaded in 9.1 s\nok 1 compiles\nok 2 attaches to a kprobe on getppid (__x64_sys_getppid)\n\
                   # saw tgid=80 pid=80 comm=b'khtest-bcc'; caused tgid=80 tid=80 comm=b'khtest-bcc'\nok 3 sees\nok 4 unpacked\n";
         assert_eq!(judge_bcc(ok), Verdict::Pass);
+        assert_eq!(bcc_seconds(ok), Some(9.1));
         let field = "1..4\n# /virtual/main.c:22:14: error: no member named 'no_such_field' in 'struct task_struct'\n\
                      # Failed to compile BPF module <text>\nnot ok 1 compiles\nok 2 a # SKIP not compiled\nok 3 b # SKIP not compiled\nok 4 c # SKIP not compiled\n";
         let Verdict::Fail(why) = judge_bcc(field) else { panic!() };
