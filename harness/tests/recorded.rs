@@ -131,6 +131,26 @@ fn dkms_on_the_device_is_read_and_judged_and_a_broken_step_quotes_dkms() {
 }
 
 #[test]
+fn dkms_refuses_the_headers_only_baseline_with_its_own_reason() {
+    // x86_64-unpatched: kheaders install refuses, dkms build says why.
+    let log = text("tap/x86_64-unpatched-clients-dkms.log");
+    assert_eq!(clients::judge_dkms(&log, device::Expect::HeadersOnly), Verdict::Pass);
+    let v = clients::judge_dkms(&log, device::Expect::Loads);
+    assert!(matches!(&v, Verdict::Fail(m) if m.contains("not ok 3 dkms build") && m.contains("cannot be found")), "{v:?}");
+}
+
+#[test]
+fn bcc_sees_the_event_and_loads_kheaders_ko_itself_in_a_module_cell() {
+    let log = text("tap/x86_64-m-o-clients-bcc.log");
+    assert_eq!(clients::judge_bcc(&log), Verdict::Pass);
+    assert!(log.contains("absent (kheaders.ko not loaded)") && log.contains("after loading kheaders.ko itself"));
+    assert!(clients::bcc_seconds(&log).is_some_and(|s| s > 0.0));
+    // The same run with result 3 not ok: a FAIL quoting it.
+    let wrong = log.replace("ok 3 sees", "not ok 3 sees");
+    assert!(matches!(clients::judge_bcc(&wrong), Verdict::Fail(m) if m.contains("not ok 3 sees")));
+}
+
+#[test]
 fn bcc_on_a_kernel_without_the_bpf_syscall_fails_quoting_bccs_reason() {
     // arm64-y-o without the clients fragment: bcc unpacked the archive and
     // compiled against it, and its own helpers refused the kernel.
