@@ -251,6 +251,11 @@ for f in $faults; do
 	fi
 	# The fault's kernel tree, with its object trees, serves no later run:
 	# about 2 GB each, which eleven faults would pile up in the cache.
-	rm -rf "$(KHTEST_ROOT=$copy "$khtest" tree --kernel "$kernel")"
+	# A series fault's tree is its own; a client fault's is the shared one,
+	# with every cell's build: keep it.
+	case $f in
+	bccfield) ;;
+	*) rm -rf "$(KHTEST_ROOT=$copy "$khtest" tree --kernel "$kernel")" ;;
+	esac
 done
 exit $status
