@@ -6,7 +6,7 @@
 //! Debian's python3-bpfcc, unpacks the archive itself and traces an event
 //! the test causes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Result;
 
@@ -42,7 +42,7 @@ pub const IMAGE_FILES: [&str; 4] = ["khtest-dkms", "kheaders-testmod.dkms.conf",
 /// The Debian DKMS package unpacked in `cache` (fetched if it must be), as
 /// the share the device copies it from.
 pub fn share(cache: &Cache, progress: &dyn Fn(&str)) -> Result<Share> {
-    let root: PathBuf = debsrc::unpacked(cache, DEBIAN_DKMS.suite, DEBIAN_DKMS.package, progress)?;
+    let root = debsrc::unpacked(cache, DEBIAN_DKMS.suite, DEBIAN_DKMS.package, progress)?;
     Ok(Share { tag: PACKAGES_TAG, path: root })
 }
 
