@@ -466,7 +466,8 @@ fn whole_matrix(project: &Project, matrix: &Matrix, s: &Settings, opts: &Options
     for (round, limit) in [first, ("warm (same cache)", Some(10.0))] {
         progress(&format!("bench: the whole matrix, {round}, cache {}", ms.cache_dir.display()));
         let t = Instant::now();
-        let reports: Vec<_> = matrix.cells.iter().map(|c| cell::run(project, matrix, c, &ms, &quiet)).collect();
+        let cells: Vec<_> = matrix.cells.iter().collect();
+        let reports = cell::run_many(project, matrix, &cells, &ms, cell::DEFAULT_JOBS, &quiet, &|_| {});
         let secs = t.elapsed().as_secs_f64();
         let built = reports.iter().filter(|r| r.kernel_built).count();
         // Regen steps that passed before with the same inputs are not run again.

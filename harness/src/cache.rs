@@ -41,12 +41,18 @@ impl Cache {
     /// Take the lock named `name`, waiting (and saying so) if another run
     /// holds it.
     pub fn lock(&self, name: &str) -> Result<CacheLock> {
+        self.lock_saying(name, &|path| tracing::warn!("waiting for {}: another khtest run is using this cache", path.display()))
+    }
+
+    /// Take the lock named `name`; if another holder has it, call
+    /// `waiting` with the lock's path first, then wait.
+    pub fn lock_saying(&self, name: &str, waiting: &dyn Fn(&Path)) -> Result<CacheLock> {
         let path = self.root.join(format!("{name}.lock"));
         let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
         let fd = file.as_raw_fd();
         // SAFETY: flock on a file descriptor we own.
         if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            tracing::warn!("waiting for {}: another khtest run is using this cache", path.display());
+            waiting(&path);
             // SAFETY: as above.
             if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
                 bail!("cannot lock {}: {}", path.display(), std::io::Error::last_os_error());

@@ -43,6 +43,10 @@ enum Cmd {
         /// source, series, toolchain and config (also: KHTEST_FRESH=1).
         #[arg(long)]
         fresh: bool,
+        /// Cells at once: one builds its kernel while another's guests run
+        /// (kernel builds still take turns).
+        #[arg(short, long, default_value_t = cell::DEFAULT_JOBS)]
+        jobs: usize,
     },
     /// Prepare the kernel tree (unpacked, with the series unless
     /// --unpatched) in the cache and print its path.
@@ -169,10 +173,10 @@ fn real_main(cli: Cli) -> Result<u8, Failure> {
     let load = || Matrix::load(&matrix_path).exit_as(exit_codes::USAGE);
     match cli.command {
         Cmd::List { json } => list(&load()?, json),
-        Cmd::Run { cells, place, keep, fresh } => {
+        Cmd::Run { cells, place, keep, fresh, jobs } => {
             let matrix = load()?;
             let base = place.settings(&project, cli.matrix.as_ref()).exit_as(exit_codes::USAGE)?;
-            run(&project, &matrix, &cells, Settings { keep, fresh: fresh || base.fresh, ..base })
+            run(&project, &matrix, &cells, Settings { keep, fresh: fresh || base.fresh, ..base }, jobs)
         }
         Cmd::Tree { place, unpatched, kernel } => {
             let s = place.settings(&project, None).exit_as(exit_codes::USAGE)?;
@@ -200,21 +204,16 @@ fn list(matrix: &Matrix, json: bool) -> Result<u8, Failure> {
     Ok(exit_codes::OK)
 }
 
-/// `khtest run`: each selected cell, its explanation as it ends, then the
-/// table; the status says who has to act.
-fn run(project: &Project, matrix: &Matrix, cells: &[String], settings: Settings) -> Result<u8, Failure> {
+/// `khtest run`: the selected cells, `jobs` at once, each one's
+/// explanation as it ends, then the table; the status says who has to act.
+fn run(project: &Project, matrix: &Matrix, cells: &[String], settings: Settings, jobs: usize) -> Result<u8, Failure> {
     let selected = matrix.select(cells).exit_as(exit_codes::USAGE)?;
     let printer = progress_printer();
-    let mut reports = Vec::new();
-    for c in selected {
-        if khtest::process::interrupted().is_some() {
-            break;
-        }
-        let r = cell::run(project, matrix, c, &settings, &|m| printer.print(m));
+    let explain = |r: &report::CellReport| {
         printer.end_live_line();
         eprintln!("{}", r.explain());
-        reports.push(r);
-    }
+    };
+    let reports = cell::run_many(project, matrix, &selected, &settings, jobs, &|m| printer.print(m), &explain);
     print!("{}", report::table(&reports));
     println!("results: {}", settings.out_dir.display());
     if let Some(sig) = khtest::process::interrupted() {

@@ -56,6 +56,16 @@ pub(super) fn lock_build(cache: &Cache, tree: &Tree, cell: &Cell, want: &kbuild:
     Ok((key, lock))
 }
 
+/// The machine's one kernel build at a time: cells may run side by side
+/// (`khtest run --jobs`, nextest), but a kernel build wants every core,
+/// so builds take turns. Held from configure to the end of regen.
+pub(super) fn kernel_build_turn(cache: &Cache, say: &dyn Fn(&str)) -> anyhow::Result<CacheLock> {
+    cache.lock_saying(KERNEL_BUILDS, &|_| say("waiting for another cell's kernel build to finish"))
+}
+
+/// The name of the lock behind [`kernel_build_turn`].
+const KERNEL_BUILDS: &str = "kernel-builds";
+
 /// The out-of-tree build keyed `key`: an `O=` directory of the tree.
 fn out_of_tree(cache: &Cache, tree: &Tree, cell: &Cell, key: &str) -> Build {
     Build { arch: cell.arch, src: tree.path.clone(), obj: tree.build_dir(key), kind: cell.build, ccache: Some(cache.root().join("ccache")) }
@@ -226,6 +236,7 @@ pub fn build_only(project: &Project, matrix: &Matrix, cell: &Cell, s: &Settings,
         None => kbuild::requested(cell, &matrix.fragment_paths(cell))?,
     };
     let (key, _lock) = lock_build(&cache, &tree, cell, &want)?;
+    let _turn = kernel_build_turn(&cache, &|m| tracing::info!("{}: {m}", cell.name))?;
     let build = out_of_tree(&cache, &tree, cell, &key);
     build.configure(&want, log)?;
     build.rebuild(log, s.build_limit)?;

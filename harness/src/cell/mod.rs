@@ -109,6 +109,59 @@ pub fn run(project: &Project, matrix: &Matrix, cell: &Cell, settings: &Settings,
     report
 }
 
+/// Cells at once by default: on two cores, one cell's kernel build beside
+/// another's guests (one TCG vCPU each) keeps both cores busy.
+pub const DEFAULT_JOBS: usize = 2;
+
+/// Run `cells`, up to `jobs` at once (their kernel builds still take
+/// turns: [`build::kernel_build_turn`]), calling `done` with each report as
+/// its cell ends; the reports come back in `cells`' order. No new cell
+/// starts once the run is interrupted.
+pub fn run_many(
+    project: &Project,
+    matrix: &Matrix,
+    cells: &[&Cell],
+    settings: &Settings,
+    jobs: usize,
+    progress: Progress,
+    done: &(dyn Fn(&CellReport) + Sync),
+) -> Vec<CellReport> {
+    side_by_side(
+        cells,
+        jobs,
+        || crate::process::interrupted().is_some(),
+        |cell| {
+            let r = run(project, matrix, cell, settings, progress);
+            done(&r);
+            r
+        },
+    )
+}
+
+/// `f` of each item, on up to `jobs` threads, taking the items in order;
+/// the results in the items' order. Once `stop` says so, no item starts.
+fn side_by_side<T: Sync, R: Send>(items: &[T], jobs: usize, stop: impl Fn() -> bool + Sync, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, items.len().max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(item) = items.get(i) else { break };
+                if stop() {
+                    break;
+                }
+                let r = f(item);
+                results.lock().unwrap().push((i, r));
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
 /// The phases up to the image, one after the other; then the lanes.
 fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Settings) -> Result<(), Stop> {
     let cache = run.phase(Phase::Preflight, |run| build::preflight(run, cell, s))?;
@@ -117,6 +170,7 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     })?;
     let want = kbuild::requested(cell, &matrix.fragment_paths(cell)).map_err(blame::host)?;
     let (build_key, _build_lock) = build::lock_build(&cache, &tree, cell, &want).map_err(blame::host)?;
+    let build_turn = build::kernel_build_turn(&cache, &|m| run.say(m)).map_err(blame::host)?;
     let build = build::object_tree(run, &cache, &tree, cell, &build_key)?;
     let config = run.phase(Phase::Configure, |run| build::configure(run, &build, &want))?;
     if cell.modbuild {
@@ -132,6 +186,7 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     if cell.regen {
         run.phase(Phase::Regen, |run| build::regen_checks(run, &cache, &tree, &build_key, &build, &artifacts.archive, s))?;
     }
+    drop(build_turn);
     let initrd = run.dir.join("initramfs.cpio");
     run.phase(Phase::Image, |_| image::make(&project.images_dir(), cell.arch, artifacts.kheaders_ko.as_slice(), &[], &initrd).map_err(blame::host))?;
     let spec = Spec::new(cell.arch, &artifacts.kernel_image, &initrd, &run.dir, s.timeouts);
@@ -186,4 +241,46 @@ fn spawn_lane<'scope, 'a: 'scope>(
         let r = lane(&mut rec);
         (rec, r)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::side_by_side;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    #[test]
+    fn side_by_side_keeps_the_order_and_at_most_jobs_run_at_once() {
+        let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let items: Vec<u64> = (0..7).collect();
+        let out = side_by_side(
+            &items,
+            2,
+            || false,
+            |&i| {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(n, Ordering::SeqCst);
+                // Later items end sooner: the results must still be in order.
+                std::thread::sleep(Duration::from_millis(40 - 5 * i));
+                now.fetch_sub(1, Ordering::SeqCst);
+                i * 10
+            },
+        );
+        assert_eq!(out, vec![0, 10, 20, 30, 40, 50, 60]);
+        assert_eq!(most.load(Ordering::SeqCst), 2, "two jobs, seven items: two at once, never three");
+    }
+
+    #[test]
+    fn side_by_side_starts_nothing_once_stopped() {
+        let started = AtomicUsize::new(0);
+        let items = [(); 5];
+        let out = side_by_side(&items, 1, || started.load(Ordering::SeqCst) >= 2, |_| started.fetch_add(1, Ordering::SeqCst));
+        assert_eq!(out, vec![0, 1], "the stop after two items starts no third");
+    }
+
+    #[test]
+    fn side_by_side_of_nothing_is_nothing() {
+        let out: Vec<()> = side_by_side(&[] as &[u8], 0, || false, |_| ());
+        assert!(out.is_empty());
+    }
 }
