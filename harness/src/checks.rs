@@ -163,6 +163,90 @@ pub fn contents(root: &Path, modbuild: bool) -> Verdict {
     Verdict::Pass
 }
 
+/// Nothing of the build machine in the unpacked archive at `root`: no
+/// kbuild `.cmd` file or object (`install-extmod-build` deletes them: their
+/// `savedcmd` lines name where the trees were) and no file that names one of
+/// `trees` (the source and object trees' absolute paths), so that the bytes
+/// do not depend on where the kernel was built.
+pub fn no_build_machine_traces(root: &Path, trees: &[&Path]) -> Verdict {
+    use std::os::unix::ffi::OsStrExt;
+    let (mut kbuild_files, mut naming) = (Vec::new(), Vec::new());
+    let files = walkdir::WalkDir::new(root).into_iter().flatten().filter(|e| e.file_type().is_file());
+    for e in files {
+        let rel = e.path().strip_prefix(root).unwrap_or(e.path()).display().to_string();
+        let name = e.file_name().to_string_lossy();
+        if (name.starts_with('.') && name.ends_with(".cmd")) || name.ends_with(".o") {
+            kbuild_files.push(rel);
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(e.path()) else { continue };
+        if trees.iter().any(|t| contains(&bytes, t.as_os_str().as_bytes())) {
+            naming.push(rel);
+        }
+    }
+    let some = |v: &[String]| v.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+    match (kbuild_files.len(), naming.len()) {
+        (0, 0) => Verdict::Pass,
+        (k, 0) => Verdict::Fail(format!("{k} kbuild .cmd or .o files are in the archive, e.g. {}", some(&kbuild_files))),
+        (_, n) => Verdict::Fail(format!(
+            "{n} archived files name the build machine's tree ({}), e.g. {}; and {} .cmd or .o files",
+            trees.iter().map(|t| t.display().to_string()).collect::<Vec<_>>().join(" or "),
+            some(&naming),
+            kbuild_files.len()
+        )),
+    }
+}
+
+/// The commands that `CONFIG_IKHEADERS_MODBUILD`'s help text (in
+/// `init/Kconfig`'s text `kconfig`) gives for unpacking the archive on the
+/// running system: its lines indented as code (a tab and four spaces).
+pub fn help_recipe(kconfig: &str) -> Result<Vec<String>, String> {
+    let block: Vec<&str> = kconfig
+        .lines()
+        .skip_while(|l| l.trim_end() != "config IKHEADERS_MODBUILD")
+        .skip(1)
+        .take_while(|l| !l.starts_with("config ") && !l.starts_with("menuconfig "))
+        .collect();
+    if block.is_empty() {
+        return Err("init/Kconfig has no IKHEADERS_MODBUILD".into());
+    }
+    let cmds: Vec<String> = block.iter().filter_map(|l| l.strip_prefix("\t    ")).map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect();
+    if cmds.is_empty() {
+        return Err("IKHEADERS_MODBUILD's help text gives no commands (lines indented by a tab and four spaces) to unpack the archive".into());
+    }
+    Ok(cmds)
+}
+
+/// The guest command that runs `recipe` (the help text's commands, in
+/// order, each only if the one before worked) and then proves that it put
+/// a tree for this kernel where DKMS looks, with its programs executable;
+/// the tree is removed after, to give the guest's memory back.
+pub fn help_recipe_command(recipe: &[String]) -> String {
+    format!(
+        "{} && b=/lib/modules/$(uname -r)/build && test -f $b/Makefile && test -x $b/scripts/basic/fixdep && \
+         test \"$(cat $b/include/config/kernel.release)\" = \"$(uname -r)\" && echo KHTEST-RECIPE-OK; st=$?; \
+         rm -rf \"$(readlink /lib/modules/$(uname -r)/build)\" /lib/modules/$(uname -r)/build; exit $st",
+        recipe.join(" && ")
+    )
+}
+
+/// The verdict on [`help_recipe_command`]'s run.
+pub fn help_recipe_verdict(status: i32, text: &str) -> Verdict {
+    if status == 0 && text.lines().any(|l| l.trim() == "KHTEST-RECIPE-OK") {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!(
+            "the help text's commands, run with busybox, did not put this kernel's tree at /lib/modules/$(uname -r)/build (exit {status}):\n{}",
+            text.trim_end()
+        ))
+    }
+}
+
+/// Whether `needle` (not empty) occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// Build `testmod` against the unpacked archive with the documented recipe;
 /// `ARCH`/`CROSS_COMPILE` only when cross-building. Warnings are expected
 /// (there is no `Module.symvers`); an error or a missing `.ko` is a FAIL,
@@ -499,6 +583,44 @@ mod tests {
         assert_eq!(kernel_log_has("insmod", "[ 1.0] test: loading\n[ 1.1] Hello, world\n", HELLO), Verdict::Pass);
         let v = kernel_log_has("rmmod", "[ 1.1] Hello, world\n", GOODBYE);
         assert!(matches!(&v, Verdict::Fail(r) if r.contains("after rmmod") && r.contains("Hello, world")), "{v:?}");
+    }
+
+    #[test]
+    fn an_archive_with_a_cmd_file_an_object_or_the_build_path_fails() {
+        let d = tempfile::tempdir().unwrap();
+        let (root, tree) = (d.path().join("a"), Path::new("/srv/build/linux-6.12"));
+        std::fs::create_dir_all(root.join("include/generated")).unwrap();
+        std::fs::write(root.join("include/generated/autoconf.h"), "#define CONFIG_X 1\n").unwrap();
+        std::fs::write(root.join("Makefile"), "srctree := ..\n").unwrap();
+        assert_eq!(no_build_machine_traces(&root, &[tree]), Verdict::Pass);
+        // What the 6.12 series archived: kbuild's record of a generated header.
+        let cmd = root.join("include/generated/.unistd_64.h.cmd");
+        std::fs::write(&cmd, "savedcmd_include/generated/unistd_64.h := sh ../scripts/syscallhdr.sh\n").unwrap();
+        let v = no_build_machine_traces(&root, &[tree]);
+        assert!(matches!(&v, Verdict::Fail(m) if m.contains("1 kbuild .cmd or .o") && m.contains(".unistd_64.h.cmd")), "{v:?}");
+        std::fs::remove_file(&cmd).unwrap();
+        std::fs::write(root.join("scripts.o"), b"\x7fELF").unwrap();
+        assert!(matches!(no_build_machine_traces(&root, &[tree]), Verdict::Fail(_)), "an object");
+        std::fs::remove_file(root.join("scripts.o")).unwrap();
+        std::fs::write(root.join("Makefile"), "srctree := /srv/build/linux-6.12\n").unwrap();
+        let v = no_build_machine_traces(&root, &[Path::new("/elsewhere"), tree]);
+        assert!(matches!(&v, Verdict::Fail(m) if m.contains("1 archived files name") && m.contains("Makefile")), "{v:?}");
+    }
+
+    #[test]
+    fn the_help_texts_recipe_is_its_code_lines() {
+        let kconfig = "config IKHEADERS\n\tbool \"x\"\n\t    not this\n\nconfig IKHEADERS_MODBUILD\n\tbool \"y\"\n\thelp\n\t  Text.\n\n\
+                       \t    d=/usr/src/k\n\t    mkdir -p $d\n\n\t  More text.\n\nconfig LOG_BUF_SHIFT\n\t    nor this\n";
+        assert_eq!(help_recipe(kconfig).unwrap(), ["d=/usr/src/k", "mkdir -p $d"]);
+        let none = kconfig.replace("\t    d=/usr/src/k\n\t    mkdir -p $d\n", "");
+        assert!(help_recipe(&none).unwrap_err().contains("gives no commands"));
+        assert!(help_recipe("config IKHEADERS\n").unwrap_err().contains("no IKHEADERS_MODBUILD"));
+        let cmd = help_recipe_command(&help_recipe(kconfig).unwrap());
+        assert!(cmd.starts_with("d=/usr/src/k && mkdir -p $d && b=/lib/modules/") && !cmd.contains('\n'), "{cmd}");
+        assert_eq!(help_recipe_verdict(0, "KHTEST-RECIPE-OK\n"), Verdict::Pass);
+        let v = help_recipe_verdict(1, "tar: invalid option -- 'J'\n");
+        assert!(matches!(&v, Verdict::Fail(m) if m.contains("exit 1") && m.contains("invalid option")), "{v:?}");
+        assert!(matches!(help_recipe_verdict(0, ""), Verdict::Fail(_)), "no marker, no pass");
     }
 
     #[test]

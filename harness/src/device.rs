@@ -92,9 +92,10 @@ pub fn kselftest_command(tree: &Path) -> String {
 
 /// The guest command that runs the README's device recipe
 /// (`images/khtest-recipe`) with the test module's sources in `tree`.
-pub fn recipe_command(tree: &Path) -> String {
+pub fn recipe_command(tree: &Path, w1: bool) -> String {
     let testmod = format!("{}/tools/testing/selftests/kheaders/testmod", tree.to_string_lossy());
-    format!("khtest-device run {}", shell_quote(&format!("/tmp/khtest-recipe {testmod}")))
+    let w = if w1 { " W=1" } else { "" };
+    format!("khtest-device run {}", shell_quote(&format!("/tmp/khtest-recipe {testmod}{w}")))
 }
 
 /// The verdict on the recipe's TAP: three results, all passed; for a

@@ -140,6 +140,10 @@ pub struct Cell {
     /// (the `clients` phase: DKMS).
     #[serde(default)]
     pub clients: bool,
+    /// The device's recipe builds the test module with `W=1`: kbuild's
+    /// extra warnings, which run `scripts/kernel-doc` on every C file.
+    #[serde(default)]
+    pub w1: bool,
 }
 
 /// The expected outcome of `insmod test.ko`.
@@ -319,6 +323,9 @@ impl Matrix {
             if c.clients && c.module_load != ModuleLoad::Loads {
                 bail!("cell {:?}: `clients: true` needs a module that loads (DKMS loads what it builds with modprobe)", c.name);
             }
+            if c.w1 && !(c.modbuild && c.patched) {
+                bail!("cell {:?}: `w1: true` needs the module-build archive (patched, modbuild): the recipe builds nothing without it", c.name);
+            }
             if c.clients && !c.fragments.iter().any(|f| f == CLIENTS_FRAGMENT) {
                 bail!("cell {:?}: `clients: true` needs the {CLIENTS_FRAGMENT} fragment (bcc's kernel options): add it to `fragments`", c.name);
             }
@@ -453,6 +460,8 @@ cells:
         assert!(e.contains("`module_load` needs `modbuild: true`"), "{e}");
         let e = err("cells:\n  - {name: a, arch: x86_64, kheaders: y, clients: true, fragments: [base.config]}\n");
         assert!(e.contains("needs the clients.config fragment"), "{e}");
+        let e = err("cells:\n  - {name: a, arch: x86_64, kheaders: y, modbuild: false, w1: true, fragments: [base.config]}\n");
+        assert!(e.contains("`w1: true` needs the module-build archive"), "{e}");
         let e = err("cells:\n  - {name: a, arch: x86_64, kheaders: y, module_load: maybe}\n");
         assert!(e.contains("maybe") && e.contains("refused-no-versions"), "{e}");
         let d = frag_dir();

@@ -76,7 +76,7 @@ impl Host<'_> {
             },
             DeviceTest {
                 what: "the README's recipe (kheaders install, make -C /lib/modules/$(uname -r)/build)",
-                cmd: device::recipe_command(&self.tree.path),
+                cmd: device::recipe_command(&self.tree.path, cell.w1),
                 part: Phase::DeviceRecipe,
                 judge: |_, text, expect| device::judge_recipe(text, expect),
             },

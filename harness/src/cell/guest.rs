@@ -45,7 +45,7 @@ pub(super) fn checked(run: &mut Run, guest: &mut Guest, phase: Phase, check: &st
 
 /// Boot the guest and pull its archive, which must be `built`'s bytes
 /// (with `ko`, only while kheaders.ko is loaded).
-pub(super) fn boot_and_pull(run: &mut Run, cell: &Cell, s: &Settings, spec: &Spec, built: &Path, ko: bool) -> Result<Guest, Stop> {
+pub(super) fn boot_and_pull(run: &mut Run, cell: &Cell, s: &Settings, spec: &Spec, built: &Path, ko: bool, tree: &Path) -> Result<Guest, Stop> {
     let mut guest = run.phase(Phase::Boot, |run| boot_retrying_once(spec, &mut run.retries))?;
     let pulled = run.dir.join("kheaders.tar.xz");
     let limit = s.timeouts.command;
@@ -63,6 +63,9 @@ pub(super) fn boot_and_pull(run: &mut Run, cell: &Cell, s: &Settings, spec: &Spe
         let built_bytes = std::fs::read(built).map_err(blame::host)?;
         guest.pull(Phase::Pull.name(), paths.last().expect("one path at least"), &pulled, Some(&built_bytes)).map_err(blame::of_vm)?;
         run.check("pulled archive is the build's archive", checks::same_bytes(&pulled, built))?;
+        if cell.patched && cell.modbuild {
+            help_recipe(run, &mut guest, tree, s)?;
+        }
         if ko {
             checked(run, &mut guest, Phase::Pull, "kheaders.ko unloads", "rmmod kheaders", "rmmod kheaders", limit)?;
             let after = served(&mut guest, &paths, limit)?;
@@ -71,6 +74,21 @@ pub(super) fn boot_and_pull(run: &mut Run, cell: &Cell, s: &Settings, spec: &Spe
         Ok(())
     })?;
     Ok(guest)
+}
+
+/// Run the commands of the series' help text (`tree`'s init/Kconfig) in
+/// the busybox guest while it serves the archive: busybox alone must put
+/// this kernel's tree where DKMS looks.
+fn help_recipe(run: &mut Run, guest: &mut Guest, tree: &Path, s: &Settings) -> Result<(), Stop> {
+    let check = "the Kconfig help's recipe, with busybox alone, unpacks the archive at /lib/modules/$(uname -r)/build";
+    let kconfig = std::fs::read_to_string(tree.join("init/Kconfig")).map_err(blame::host)?;
+    let recipe = match checks::help_recipe(&kconfig) {
+        Ok(r) => r,
+        Err(e) => return run.check(check, Verdict::Fail(e)),
+    };
+    // Unpacking under TCG takes about ten commands' worth of a small one.
+    let out = guest.run(Phase::Pull.name(), &checks::help_recipe_command(&recipe), s.timeouts.command * 5).map_err(blame::of_vm)?;
+    run.check(check, checks::help_recipe_verdict(out.status, &out.text))
 }
 
 /// Load and unload the test module in the guest; in a cell that expects

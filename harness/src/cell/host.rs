@@ -43,7 +43,11 @@ impl Host<'_> {
             run.check("archive contents", checks::contents(&headers, cell.modbuild))?;
             run.check("archive decodes in at most 9 MiB (K17)", checks::decode_memory(self.built))?;
             run.check("every ELF program in the archive is for the cell's architecture", checks::elf_arch(&headers, cell.arch))?;
-            run.check("SPDX lines kept", checks::spdx_kept(&headers, &[&self.build.obj, &self.tree.path]))
+            run.check("SPDX lines kept", checks::spdx_kept(&headers, &[&self.build.obj, &self.tree.path]))?;
+            run.check(
+                "no .cmd, .o or path of the build machine in the archive (K20)",
+                checks::no_build_machine_traces(&headers, &[&self.build.obj, &self.tree.path]),
+            )
         })?;
         // The eBPF compile needs only the headers: it runs beside the
         // module build, which the guest waits for.

@@ -210,16 +210,17 @@ fn lanes(run: &mut Run, host: Host<'_>, spec: &Spec) -> Result<(), Stop> {
             spawn_lane(scope, run.lane(), move |rec| host.image_lane(rec)),
             spawn_lane(scope, run.lane(), move |rec| host.device_lane(rec)),
         ];
-        let guest = guest::boot_and_pull(run, cell, s, spec, host.built, host.artifacts.kheaders_ko.is_some()).and_then(|mut guest| {
-            // No module comes if the lane stopped or the archive has
-            // headers only: the lane's own result says which.
-            let r = match ko_rx.recv() {
-                Ok(ko) => run.phase(Phase::Load, |run| guest::load(run, &mut guest, &ko, cell, s)),
-                Err(_) => Ok(()),
-            };
-            guest.shutdown();
-            r
-        });
+        let guest =
+            guest::boot_and_pull(run, cell, s, spec, host.built, host.artifacts.kheaders_ko.is_some(), &host.tree.path).and_then(|mut guest| {
+                // No module comes if the lane stopped or the archive has
+                // headers only: the lane's own result says which.
+                let r = match ko_rx.recv() {
+                    Ok(ko) => run.phase(Phase::Load, |run| guest::load(run, &mut guest, &ko, cell, s)),
+                    Err(_) => Ok(()),
+                };
+                guest.shutdown();
+                r
+            });
         let mut stops = vec![(run.current, guest)];
         for lane in lanes {
             let (rec, r) = lane.join().unwrap_or_else(|p| std::panic::resume_unwind(p));

@@ -1,12 +1,25 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * The module that the kheaders selftest builds against the unpacked archive
- * and loads: it only logs a line on load and one on unload.
+ * and loads: it logs a line on load and one on unload, and exports one
+ * function.
  */
 
 #include <linux/module.h>
 #include <linux/kernel.h>
 #include <linux/init.h>
+
+/*
+ * Exported, so that every build of this module runs modpost's export
+ * handling and, on a CONFIG_MODVERSIONS kernel, genksyms.
+ */
+int kheaders_selftest_answer(void);
+
+int kheaders_selftest_answer(void)
+{
+	return 42;
+}
+EXPORT_SYMBOL_GPL(kheaders_selftest_answer);
 
 static int __init hello_init(void)
 {
