@@ -41,7 +41,7 @@ impl Cache {
     /// Take the lock named `name`, waiting (and saying so) if another run
     /// holds it.
     pub fn lock(&self, name: &str) -> Result<CacheLock> {
-        self.lock_saying(name, &|path| tracing::warn!("waiting for {}: another khtest run is using this cache", path.display()))
+        self.lock_saying(name, &|path| tracing::warn!("waiting for {}: another cell, or another khtest run, holds it", path.display()))
     }
 
     /// Take the lock named `name`; if another holder has it, call
