@@ -54,9 +54,11 @@
 # under: the test module exports a symbol, so its build runs genksyms;
 # caught in x86_64-m-modversions), kerneldoc (6.12's archive without
 # scripts/kernel-doc, which kbuild runs on every C file with W=1: caught by
-# the device's W=1 recipe in x86_64-y-o) and cmdfiles (kbuild's .cmd files
+# the device's W=1 recipe in x86_64-y-o), cmdfiles (kbuild's .cmd files
 # of the generated headers archived again: caught by the extract check in
-# x86_64-y-o).
+# x86_64-y-o) and helprecipe (the Kconfig help's busybox commands no longer
+# make /lib/modules/$(uname -r), so the link fails: caught in the boot
+# guest of x86_64-y-o).
 #
 # Two more, not run unless named, break the build the plainest ways, to
 # show what a broken build's verdict quotes: cc (a compiler error in
@@ -68,8 +70,8 @@
 # Each run builds a kernel, mostly from ccache once the series' own cells
 # have been built (2 to 3 min with the cell's device phase; the errors,
 # adjust, touchconfig, tmpfiles, config, script and snapshot runs also
-# drive the regen phase, about 5 min each): about 110 min for all
-# thirty-four. Results:
+# drive the regen phase, about 5 min each): about 115 min for all
+# thirty-five. Results:
 # target/khtest-faults/.
 # The sed expressions below quote make and shell text literally:
 # shellcheck disable=SC2016
@@ -80,7 +82,7 @@ out=${KHTEST_FAULTS_OUT:-$repo/target/khtest-faults}
 khtest=$repo/target/release/khtest
 faults=${*:-regen arch spdx symvers oot pristine errors xzmem adjust hostarch randstruct touchconfig tmpfiles dtbindings config script snapshot \
 	config-v7_3 tmpfiles-v7_3 touchconfig-v7_3 randstruct-v7_3 xzmem-v7_3 adjust-v7_3 hostarch-v7_3 dtbindings-v7_3 errors-v7_3 \
-	symvers-v7_3 snapshot-v7_3 dkmsneeds release bccfield genksyms kerneldoc cmdfiles}
+	symvers-v7_3 snapshot-v7_3 dkmsneeds release bccfield genksyms kerneldoc cmdfiles helprecipe}
 
 cd "$repo"
 cargo build -q --release -p khtest
@@ -203,6 +205,8 @@ make_patch()
 		fault_patch "$1" kernel/Makefile 's/\$(if \$(CONFIG_MODVERSIONS),echo scripts\/genksyms\/genksyms;)/$(if $(CONFIG_GENKSYMS),echo scripts\/genksyms\/genksyms;)/' ;;
 	kerneldoc)
 		fault_patch "$1" kernel/Makefile 's/^\(\t*! -name coccicheck -a \)! -name "spdx\*" -a \\$/\1! -name kernel-doc -a ! -name "spdx*" -a \\/' ;;
+	helprecipe)
+		fault_patch "$1" init/Kconfig 's/^\(\t    mkdir -p \$d\) \/lib\/modules\/\$(uname -r)$/\1/' ;;
 	cmdfiles)
 		fault_patch "$1" kernel/Makefile 's/^\(\t*-a \)! -name "\.\*\.cmd" -a \(\\( -type f -o -type l \\) -print; \\\)$/\1\2/' ;;
 	ld)
