@@ -180,7 +180,7 @@ pub fn no_build_machine_traces(root: &Path, trees: &[&Path]) -> Verdict {
             continue;
         }
         let Ok(bytes) = std::fs::read(e.path()) else { continue };
-        if trees.iter().any(|t| contains(&bytes, t.as_os_str().as_bytes())) {
+        if trees.iter().any(|t| crate::extract::occurrences(&bytes, t.as_os_str().as_bytes()).next().is_some()) {
             naming.push(rel);
         }
     }
@@ -240,11 +240,6 @@ pub fn help_recipe_verdict(status: i32, text: &str) -> Verdict {
             text.trim_end()
         ))
     }
-}
-
-/// Whether `needle` (not empty) occurs in `haystack`.
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Build `testmod` against the unpacked archive with the documented recipe;

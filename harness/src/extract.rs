@@ -162,7 +162,8 @@ pub fn find(bytes: &[u8]) -> Result<Found> {
     Finder::default().find(bytes)
 }
 
-fn occurrences<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
+/// Where `needle` (not empty) starts in `hay`, in order.
+pub(crate) fn occurrences<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
     hay.windows(needle.len()).enumerate().filter(move |(_, w)| *w == needle).map(|(i, _)| i)
 }
 
