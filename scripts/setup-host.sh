@@ -4,6 +4,7 @@
 set -eu
 
 # dkms, python3-bpfcc: the x86_64 device's userland is this host's (the clients phase).
+# clang-19, lld-19, llvm-19: the LLVM cells' kernels (LLVM=-19); dwarves: pahole, for BTF.
 packages="
 	linux-source-6.12
 	make gcc libc6-dev flex bison bc perl cpio xz-utils tar patch kmod rsync ccache
@@ -12,6 +13,7 @@ packages="
 	qemu-system-x86 busybox-static
 	gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm
 	clang llvm
+	clang-19 lld-19 llvm-19 dwarves
 	python3-venv
 	dkms python3-bpfcc
 "

@@ -8,7 +8,7 @@ use std::time::Duration;
 use kheaders_selftest::{archive, contents, modbuild};
 
 use crate::buildlog;
-use crate::matrix::Arch;
+use crate::matrix::{Arch, Toolchain};
 use crate::report::Verdict;
 use crate::tap;
 
@@ -243,14 +243,21 @@ pub fn help_recipe_verdict(status: i32, text: &str) -> Verdict {
 }
 
 /// Build `testmod` against the unpacked archive with the documented recipe;
-/// `ARCH`/`CROSS_COMPILE` only when cross-building. Warnings are expected
-/// (there is no `Module.symvers`); an error or a missing `.ko` is a FAIL,
-/// a make that runs past `limit` an ERROR.
-pub fn build_testmod(headers: &Path, testmod: &Path, arch: Arch, work: &Path, log: &Path, limit: Duration) -> Result<PathBuf, Verdict> {
-    let mut vars = Vec::new();
+/// `ARCH` only when cross-building, and the toolchain's variables
+/// (`CROSS_COMPILE`, `LLVM`). Warnings are expected (there is no
+/// `Module.symvers`); an error or a missing `.ko` is a FAIL, a make that
+/// runs past `limit` an ERROR.
+pub fn build_testmod(
+    headers: &Path,
+    testmod: &Path,
+    (arch, toolchain): (Arch, Toolchain),
+    work: &Path,
+    log: &Path,
+    limit: Duration,
+) -> Result<PathBuf, Verdict> {
+    let mut vars: Vec<String> = toolchain.make_vars(arch).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     if !arch.is_host() {
-        vars.push(format!("ARCH={}", arch.kernel_arch()));
-        vars.push(format!("CROSS_COMPILE={}", arch.cross_compile()));
+        vars.insert(0, format!("ARCH={}", arch.kernel_arch()));
     }
     let run = |cmd: &mut std::process::Command, log: &Path| {
         let _ = std::fs::remove_file(log);
@@ -552,7 +559,7 @@ mod tests {
         let t = std::time::Instant::now();
         let work = d.path().join("work");
         std::fs::create_dir_all(&work).unwrap();
-        let v = build_testmod(&headers, &testmod, Arch::X86_64, &work, &log, Duration::from_secs(1)).unwrap_err();
+        let v = build_testmod(&headers, &testmod, (Arch::X86_64, Toolchain::Gcc), &work, &log, Duration::from_secs(1)).unwrap_err();
         assert!(matches!(&v, Verdict::Error(m) if m.contains("timed out after 1 s") && m.contains("modbuild.log")), "{v:?}");
         assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
         std::thread::sleep(Duration::from_millis(200));

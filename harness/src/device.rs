@@ -84,18 +84,25 @@ pub fn mount_command(tree: &Path) -> String {
     format!("khtest-device mount {}", shell_quote(&tree.to_string_lossy()))
 }
 
+/// The guest command that runs `command` in the device's root, with the
+/// variables `env` (the toolchain's, such as `LLVM`) in its environment,
+/// where make and the programs it runs see them.
+fn run_command(env: &[(&str, String)], command: &str) -> String {
+    let vars: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    format!("khtest-device run {}", shell_quote(&format!("{vars}{command}")))
+}
+
 /// The guest command that runs the kselftest in the device's root.
-pub fn kselftest_command(tree: &Path) -> String {
-    let make = format!("make -C {}/tools/testing/selftests O=/tmp/kselftest TARGETS=kheaders run_tests", tree.to_string_lossy());
-    format!("khtest-device run {}", shell_quote(&make))
+pub fn kselftest_command(tree: &Path, env: &[(&str, String)]) -> String {
+    run_command(env, &format!("make -C {}/tools/testing/selftests O=/tmp/kselftest TARGETS=kheaders run_tests", tree.to_string_lossy()))
 }
 
 /// The guest command that runs the README's device recipe
 /// (`images/khtest-recipe`) with the test module's sources in `tree`.
-pub fn recipe_command(tree: &Path, w1: bool) -> String {
+pub fn recipe_command(tree: &Path, w1: bool, env: &[(&str, String)]) -> String {
     let testmod = format!("{}/tools/testing/selftests/kheaders/testmod", tree.to_string_lossy());
     let w = if w1 { " W=1" } else { "" };
-    format!("khtest-device run {}", shell_quote(&format!("/tmp/khtest-recipe {testmod}{w}")))
+    run_command(env, &format!("/tmp/khtest-recipe {testmod}{w}"))
 }
 
 /// The verdict on the recipe's TAP: three results, all passed; for a
@@ -136,8 +143,8 @@ pub fn judge_recipe(text: &str, expect: Expect) -> Verdict {
 
 /// The guest command that runs the port against the running kernel's
 /// archive at `archive`.
-pub fn port_command(archive: &str) -> String {
-    format!("khtest-device run {}", shell_quote(&format!("/tmp/kheaders-selftest {archive}")))
+pub fn port_command(archive: &str, env: &[(&str, String)]) -> String {
+    run_command(env, &format!("/tmp/kheaders-selftest {archive}"))
 }
 
 /// `s` as one single-quoted shell word.
@@ -321,8 +328,14 @@ mod tests {
 
     #[test]
     fn the_guest_commands_quote_their_paths() {
-        assert_eq!(port_command("/proc/kheaders.tar.xz"), "khtest-device run '/tmp/kheaders-selftest /proc/kheaders.tar.xz'");
-        assert!(kselftest_command(Path::new("/c/t")).contains("make -C /c/t/tools/testing/selftests O=/tmp/kselftest TARGETS=kheaders run_tests"));
+        assert_eq!(port_command("/proc/kheaders.tar.xz", &[]), "khtest-device run '/tmp/kheaders-selftest /proc/kheaders.tar.xz'");
+        assert!(kselftest_command(Path::new("/c/t"), &[])
+            .contains("run 'make -C /c/t/tools/testing/selftests O=/tmp/kselftest TARGETS=kheaders run_tests"));
+        let llvm = crate::matrix::Toolchain::Llvm.device_vars();
+        assert_eq!(
+            recipe_command(Path::new("/c/t"), false, &llvm),
+            "khtest-device run 'LLVM=-19 /tmp/khtest-recipe /c/t/tools/testing/selftests/kheaders/testmod'"
+        );
         assert_eq!(shell_quote("a'b"), r"'a'\''b'");
         assert_eq!(readonly_verdict(0, "KHTEST-READONLY: touch: Read-only file system\n"), Verdict::Pass);
         assert!(matches!(readonly_verdict(1, "KHTEST-WRITABLE: ..."), Verdict::Error(_)));

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::buildlog::{self, Failure};
-use crate::matrix::{Arch, BuildKind, Cell, Kheaders};
+use crate::matrix::{Arch, BuildKind, Cell, Kheaders, Toolchain};
 use crate::process::{run_logged_ticking, tail};
 use crate::progress::{self, KbuildSteps};
 
@@ -25,6 +25,7 @@ pub type Config = BTreeMap<String, String>;
 #[derive(Debug, Clone)]
 pub struct Build {
     pub arch: Arch,
+    pub toolchain: Toolchain,
     /// The source tree.
     pub src: PathBuf,
     /// The object tree: `O=` for out-of-tree builds, else `src` itself.
@@ -157,14 +158,14 @@ impl Build {
             cmd.arg(format!("O={}", self.obj.display()));
         }
         cmd.arg(format!("ARCH={}", self.arch.kernel_arch()));
-        let cross = self.arch.cross_compile();
-        if !cross.is_empty() {
-            cmd.arg(format!("CROSS_COMPILE={cross}"));
+        for (var, value) in self.toolchain.make_vars(self.arch) {
+            cmd.arg(format!("{var}={value}"));
         }
         // As tuxmake's ccache wrapper does. `$(CC) --version` still names
         // the compiler, so CONFIG_CC_VERSION_TEXT does not change.
         if let Some(dir) = &self.ccache {
-            cmd.arg(format!("CC=ccache {cross}gcc")).arg("HOSTCC=ccache gcc").env("CCACHE_DIR", dir);
+            let (cc, hostcc) = (self.toolchain.cc(self.arch), self.toolchain.hostcc());
+            cmd.arg(format!("CC=ccache {cc}")).arg(format!("HOSTCC=ccache {hostcc}")).env("CCACHE_DIR", dir);
         }
         cmd.env("KBUILD_BUILD_USER", "khtest").env("KBUILD_BUILD_HOST", "khtest").env("KBUILD_BUILD_TIMESTAMP", BUILD_TIMESTAMP.0);
         cmd

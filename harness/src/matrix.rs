@@ -144,6 +144,75 @@ pub struct Cell {
     /// extra warnings, which run `scripts/kernel-doc` on every C file.
     #[serde(default)]
     pub w1: bool,
+    /// The compilers the kernel is built with (and the device's modules).
+    #[serde(default)]
+    pub toolchain: Toolchain,
+}
+
+/// The compilers a cell's kernel, and every module built against its
+/// archive, are built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Toolchain {
+    /// GCC and binutils: `CROSS_COMPILE=<triple>-` when cross-building.
+    #[default]
+    Gcc,
+    /// `LLVM=` (clang, lld and the llvm tools), as Android builds every
+    /// GKI kernel: no `CROSS_COMPILE`, clang's `--target` follows `ARCH`.
+    Llvm,
+}
+
+/// The `LLVM=` of LLVM cells: Debian 12's newest LLVM, version-suffixed
+/// (its unsuffixed `clang` is 14; 7.3 needs 17.0.1 or later).
+pub const LLVM_SUFFIX: &str = "-19";
+
+/// The Debian packages of [`LLVM_SUFFIX`]'s LLVM: clang, ld.lld, llvm-ar
+/// and the other tools `LLVM=` names.
+pub const LLVM_PACKAGES: [&str; 3] = ["clang-19", "lld-19", "llvm-19"];
+
+impl Toolchain {
+    /// The make variables, besides `ARCH`, that select this toolchain for
+    /// a build of `arch` on this host.
+    pub fn make_vars(self, arch: Arch) -> Vec<(&'static str, String)> {
+        match self {
+            Toolchain::Gcc if arch.is_host() => vec![],
+            Toolchain::Gcc => vec![("CROSS_COMPILE", arch.cross_compile())],
+            Toolchain::Llvm => vec![("LLVM", LLVM_SUFFIX.to_owned())],
+        }
+    }
+
+    /// What a module build on the device itself needs besides make's
+    /// defaults: the device is native, so only the toolchain's choice.
+    pub fn device_vars(self) -> Vec<(&'static str, String)> {
+        match self {
+            Toolchain::Gcc => vec![],
+            Toolchain::Llvm => vec![("LLVM", LLVM_SUFFIX.to_owned())],
+        }
+    }
+
+    /// The C compiler of a build of `arch` (kbuild's `CC`).
+    pub fn cc(self, arch: Arch) -> String {
+        match self {
+            Toolchain::Gcc => format!("{}gcc", arch.cross_compile()),
+            Toolchain::Llvm => format!("clang{LLVM_SUFFIX}"),
+        }
+    }
+
+    /// The build machine's compiler (kbuild's `HOSTCC`).
+    pub fn hostcc(self) -> String {
+        match self {
+            Toolchain::Gcc => "gcc".to_owned(),
+            Toolchain::Llvm => format!("clang{LLVM_SUFFIX}"),
+        }
+    }
+
+    /// The linker of a build of `arch` (kbuild's `LD`).
+    pub fn ld(self, arch: Arch) -> String {
+        match self {
+            Toolchain::Gcc => format!("{}ld", arch.cross_compile()),
+            Toolchain::Llvm => format!("ld.lld{LLVM_SUFFIX}"),
+        }
+    }
 }
 
 /// The expected outcome of `insmod test.ko`.
@@ -326,6 +395,9 @@ impl Matrix {
             if c.w1 && !(c.modbuild && c.patched) {
                 bail!("cell {:?}: `w1: true` needs the module-build archive (patched, modbuild): the recipe builds nothing without it", c.name);
             }
+            if c.clients && c.toolchain == Toolchain::Llvm {
+                bail!("cell {:?}: `clients: true` needs `toolchain: gcc`: the clients phase runs DKMS and bcc with the device's gcc", c.name);
+            }
             if c.clients && !c.fragments.iter().any(|f| f == CLIENTS_FRAGMENT) {
                 bail!("cell {:?}: `clients: true` needs the {CLIENTS_FRAGMENT} fragment (bcc's kernel options): add it to `fragments`", c.name);
             }
@@ -410,6 +482,28 @@ cells:
         assert!("7".parse::<Kernel>().unwrap_err().contains("6.12, 7.3"));
     }
 
+    #[test]
+    fn the_toolchain_key_picks_the_make_variables() {
+        let m = Matrix::parse(
+            "cells:\n  - {name: a, arch: arm64, kheaders: y, toolchain: llvm}\n  - {name: b, arch: arm64, kheaders: y}\n",
+            frag_dir().path(),
+        )
+        .unwrap();
+        assert_eq!(m.cells[0].toolchain, Toolchain::Llvm);
+        assert_eq!(m.cells[1].toolchain, Toolchain::Gcc, "gcc is the default");
+        // Android's way: LLVM= alone, clang's --target follows ARCH.
+        assert_eq!(Toolchain::Llvm.make_vars(Arch::Arm64), [("LLVM", "-19".to_owned())]);
+        assert_eq!(Toolchain::Llvm.device_vars(), [("LLVM", "-19".to_owned())]);
+        assert!(Toolchain::Gcc.device_vars().is_empty());
+        let host = if Arch::X86_64.is_host() { Arch::X86_64 } else { Arch::Arm64 };
+        assert!(Toolchain::Gcc.make_vars(host).is_empty());
+        let other = if host == Arch::X86_64 { Arch::Arm64 } else { Arch::X86_64 };
+        assert_eq!(Toolchain::Gcc.make_vars(other), [("CROSS_COMPILE", other.cross_compile())]);
+        assert_eq!((Toolchain::Llvm.cc(Arch::Arm64), Toolchain::Llvm.hostcc()), ("clang-19".to_owned(), "clang-19".to_owned()));
+        let e = err("cells:\n  - {name: a, arch: arm64, kheaders: y, toolchain: icc}\n");
+        assert!(e.contains("icc"), "{e}");
+    }
+
     fn err(text: &str) -> String {
         let d = frag_dir();
         format!("{:#}", Matrix::parse(text, d.path()).unwrap_err())
@@ -460,6 +554,8 @@ cells:
         assert!(e.contains("`module_load` needs `modbuild: true`"), "{e}");
         let e = err("cells:\n  - {name: a, arch: x86_64, kheaders: y, clients: true, fragments: [base.config]}\n");
         assert!(e.contains("needs the clients.config fragment"), "{e}");
+        let e = err("cells:\n  - {name: a, arch: x86_64, kheaders: y, clients: true, toolchain: llvm, fragments: [base.config, clients.config]}\n");
+        assert!(e.contains("`clients: true` needs `toolchain: gcc`"), "{e}");
         let e = err("cells:\n  - {name: a, arch: x86_64, kheaders: y, modbuild: false, w1: true, fragments: [base.config]}\n");
         assert!(e.contains("`w1: true` needs the module-build archive"), "{e}");
         let e = err("cells:\n  - {name: a, arch: x86_64, kheaders: y, module_load: maybe}\n");

@@ -623,6 +623,7 @@ mod tests {
     fn the_generator_runs_as_kbuild_runs_it() {
         let build = |obj: &str| Build {
             arch: crate::matrix::Arch::X86_64,
+            toolchain: crate::matrix::Toolchain::Gcc,
             src: "/src".into(),
             obj: obj.into(),
             kind: crate::matrix::BuildKind::OutOfTree,

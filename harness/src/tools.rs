@@ -6,7 +6,8 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use crate::matrix::{Arch, Cell};
+use crate::kbuild::Config;
+use crate::matrix::{Arch, Cell, Toolchain, LLVM_PACKAGES};
 
 /// A tool and the Debian package that provides it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,10 +45,21 @@ pub fn required(cell: &Cell) -> Vec<Tool> {
         tool("llvm-objdump", "llvm"),
     ];
     let (cross, facts) = (cell.arch.cross_compile(), cell.arch.facts());
+    if cell.toolchain == Toolchain::Llvm {
+        let [clang, lld, llvm] = LLVM_PACKAGES;
+        t.push(tool(cell.toolchain.cc(cell.arch), clang));
+        t.push(tool(cell.toolchain.ld(cell.arch), lld));
+        t.push(tool(format!("llvm-strip{}", crate::matrix::LLVM_SUFFIX), llvm));
+    }
     if !cross.is_empty() {
-        t.push(tool(format!("{cross}gcc"), facts.cross_packages[0]));
-        t.push(tool(format!("{cross}ld"), facts.cross_packages[1]));
-        // The series rebuilds the archive's host programs for the target.
+        if cell.toolchain == Toolchain::Gcc {
+            t.push(tool(format!("{cross}gcc"), facts.cross_packages[0]));
+            t.push(tool(format!("{cross}ld"), facts.cross_packages[1]));
+        }
+        // The series rebuilds the archive's host programs for the target:
+        // the target's C library (and, for clang too, GCC's crt files and
+        // libgcc, which the cross compiler's package brings).
+        t.push(tool(format!("/usr/lib/gcc-cross/{}", facts.triple), facts.cross_packages[0]));
         t.push(tool(format!("/usr/{}/include/stdio.h", facts.triple), facts.cross_packages[2]));
     }
     // The device phase: apt resolves a foreign userland, the port's static
@@ -92,24 +104,39 @@ pub fn check(tools: &[Tool]) -> Result<()> {
     )
 }
 
+/// What the requested options need on the host besides [`required`]:
+/// BTF is made by pahole.
+pub fn for_options(want: &Config) -> Vec<Tool> {
+    let mut t = Vec::new();
+    if want.get("CONFIG_DEBUG_INFO_BTF").is_some_and(|v| v == "y") {
+        t.push(tool("pahole", "dwarves"));
+    }
+    t
+}
+
 /// The host programs whose output a kernel build and its archive depend
-/// on: the compiler and binutils for `arch`, the host compiler (it builds
-/// the archived host programs), make and the archive's tools.
-fn toolchain(arch: Arch) -> Vec<String> {
-    let cross = arch.cross_compile();
-    let mut t: Vec<String> = vec![format!("{cross}gcc"), format!("{cross}ld")];
-    for prog in ["gcc", "ld", "strip", "make", "perl", "cpio", "tar", "xz"] {
-        if !t.iter().any(|p| p == prog) {
-            t.push(prog.to_owned());
+/// on: the compiler and linker `toolchain` uses for `arch`, the host
+/// compiler (it builds the archived host programs), make, the archive's
+/// tools, and whatever [`for_options`] adds.
+fn toolchain(arch: Arch, toolchain: Toolchain, want: &Config) -> Vec<String> {
+    let mut t: Vec<String> = vec![toolchain.cc(arch), toolchain.ld(arch)];
+    if toolchain == Toolchain::Llvm {
+        t.push(format!("llvm-strip{}", crate::matrix::LLVM_SUFFIX));
+    }
+    let extra = for_options(want).into_iter().map(|t| t.name);
+    for prog in ["gcc", "ld", "strip", "make", "perl", "cpio", "tar", "xz"].into_iter().map(str::to_owned).chain(extra) {
+        if !t.contains(&prog) {
+            t.push(prog);
         }
     }
     t
 }
 
-/// A key for the toolchain of `arch`: its programs' `--version` output. Part
-/// of every build's cache key, so that a new compiler builds afresh.
-pub fn toolchain_key(arch: Arch) -> Result<String> {
-    versions_key(&toolchain(arch))
+/// A key for the toolchain of a build of `arch` with `want`: its programs'
+/// `--version` output. Part of every build's cache key, so that a new
+/// compiler builds afresh.
+pub fn toolchain_key(arch: Arch, tc: Toolchain, want: &Config) -> Result<String> {
+    versions_key(&toolchain(arch, tc, want))
 }
 
 /// A key over each program's name and `--version` output.
@@ -200,10 +227,18 @@ mod tests {
 
     #[test]
     fn the_toolchain_has_the_cross_and_the_host_compiler() {
-        let arm = toolchain(Arch::Arm64);
+        let none = Config::new();
+        let arm = toolchain(Arch::Arm64, Toolchain::Gcc, &none);
         assert!(arm.iter().any(|p| p.ends_with("-gcc")) && arm.iter().any(|p| p == "gcc"), "{arm:?}");
-        let host = toolchain(Arch::X86_64);
+        let host = toolchain(Arch::X86_64, Toolchain::Gcc, &none);
         assert_eq!(host.iter().filter(|p| *p == "gcc").count(), 1, "{host:?}");
+        assert!(!host.iter().any(|p| p == "pahole"), "{host:?}");
+        let btf = Config::from([("CONFIG_DEBUG_INFO_BTF".to_owned(), "y".to_owned())]);
+        let llvm = toolchain(Arch::Arm64, Toolchain::Llvm, &btf);
+        for p in ["clang-19", "ld.lld-19", "llvm-strip-19", "gcc", "pahole"] {
+            assert!(llvm.iter().any(|q| q == p), "{p} not in {llvm:?}");
+        }
+        assert!(!llvm.iter().any(|p| p.ends_with("-gcc")), "an LLVM build names no cross gcc: {llvm:?}");
     }
 
     #[test]

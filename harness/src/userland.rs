@@ -37,6 +37,11 @@ pub const PACKAGES: &[&str] = &[
     "mawk",
     "diffutils",
     "util-linux",
+    // The LLVM cells' device builds its modules with LLVM=-19, as their
+    // kernel was built (matrix::LLVM_PACKAGES).
+    "clang-19",
+    "lld-19",
+    "llvm-19",
     // The clients phase: Debian's dkms, a bash script; bcc.
     "dkms",
     "bash",

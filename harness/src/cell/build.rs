@@ -51,7 +51,8 @@ pub fn build_key(tree_key: &str, toolchain_key: &str, cell: &Cell, want: &kbuild
 /// object tree until it is dropped. [`super::run`] and [`build_only`]
 /// both take it here.
 pub(super) fn lock_build(cache: &Cache, tree: &Tree, cell: &Cell, want: &kbuild::Config) -> anyhow::Result<(String, CacheLock)> {
-    let key = build_key(&tree.key, &tools::toolchain_key(cell.arch)?, cell, want);
+    tools::check(&tools::for_options(want))?;
+    let key = build_key(&tree.key, &tools::toolchain_key(cell.arch, cell.toolchain, want)?, cell, want);
     let lock = cache.lock(&format!("build-{key}"))?;
     Ok((key, lock))
 }
@@ -68,7 +69,14 @@ const KERNEL_BUILDS: &str = "kernel-builds";
 
 /// The out-of-tree build keyed `key`: an `O=` directory of the tree.
 fn out_of_tree(cache: &Cache, tree: &Tree, cell: &Cell, key: &str) -> Build {
-    Build { arch: cell.arch, src: tree.path.clone(), obj: tree.build_dir(key), kind: cell.build, ccache: Some(cache.root().join("ccache")) }
+    Build {
+        arch: cell.arch,
+        toolchain: cell.toolchain,
+        src: tree.path.clone(),
+        obj: tree.build_dir(key),
+        kind: cell.build,
+        ccache: Some(cache.root().join("ccache")),
+    }
 }
 
 /// Where the cell builds: an `O=` directory of the tree, or (in-tree) the
@@ -80,7 +88,14 @@ pub(super) fn object_tree(run: &mut Run, cache: &Cache, tree: &Tree, cell: &Cell
         BuildKind::OutOfTree => Ok(out_of_tree(cache, tree, cell, build_key)),
         BuildKind::InTree => {
             let log = run.dir.join("build.log");
-            let at = |dir: &Path, ccache| Build { arch: cell.arch, src: dir.to_owned(), obj: dir.to_owned(), kind: cell.build, ccache };
+            let at = |dir: &Path, ccache| Build {
+                arch: cell.arch,
+                toolchain: cell.toolchain,
+                src: dir.to_owned(),
+                obj: dir.to_owned(),
+                kind: cell.build,
+                ccache,
+            };
             let dir = run.phase(Phase::Pristine, |_| {
                 cache
                     .get_or_make("intree", build_key, |dir| {

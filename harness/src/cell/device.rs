@@ -63,20 +63,20 @@ impl Host<'_> {
         let tests = [
             DeviceTest {
                 what: "kselftest kheaders (make run_tests)",
-                cmd: device::kselftest_command(&self.tree.path),
+                cmd: device::kselftest_command(&self.tree.path, &cell.toolchain.device_vars()),
                 part: Phase::DeviceKselftest,
                 // Its TAP is nested in the kselftest runner's.
                 judge: |what, text, expect| device::judge(what, text, "# ", expect),
             },
             DeviceTest {
                 what: "kselftest port (kheaders-selftest)",
-                cmd: device::port_command(archive_paths(cell).last().expect("one path")),
+                cmd: device::port_command(archive_paths(cell).last().expect("one path"), &cell.toolchain.device_vars()),
                 part: Phase::DevicePort,
                 judge: |what, text, expect| device::judge(what, text, "", expect),
             },
             DeviceTest {
                 what: "the README's recipe (kheaders install, make -C /lib/modules/$(uname -r)/build)",
-                cmd: device::recipe_command(&self.tree.path, cell.w1),
+                cmd: device::recipe_command(&self.tree.path, cell.w1, &cell.toolchain.device_vars()),
                 part: Phase::DeviceRecipe,
                 judge: |_, text, expect| device::judge_recipe(text, expect),
             },

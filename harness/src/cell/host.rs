@@ -70,7 +70,14 @@ impl Host<'_> {
             } else {
                 run.phase(Phase::Modbuild, |run| {
                     let log = run.dir.join("modbuild.log");
-                    checks::build_testmod(headers, &self.project.testmod_dir(), cell.arch, &run.dir, &log, self.s.timeouts.command * 5)
+                    checks::build_testmod(
+                        headers,
+                        &self.project.testmod_dir(),
+                        (cell.arch, cell.toolchain),
+                        &run.dir,
+                        &log,
+                        self.s.timeouts.command * 5,
+                    )
                 })
                 // The guest lane may have stopped already: then nobody waits.
                 .map(|ko| drop(ko_tx.send(ko)))
@@ -130,8 +137,9 @@ impl Host<'_> {
                 // Its `mktemp -d` tree goes where unpacking is fast (scratch.rs).
                 .env("TMPDIR", &run.dir);
             if !cell.arch.is_host() {
-                make.env("ARCH", cell.arch.kernel_arch()).env("CROSS_COMPILE", cell.arch.cross_compile());
+                make.env("ARCH", cell.arch.kernel_arch());
             }
+            make.envs(cell.toolchain.make_vars(cell.arch));
             crate::process::run_logged(&mut make, &log, s.timeouts.command * 5).map_err(blame::host)?;
             let text = std::fs::read_to_string(&log).map_err(blame::host)?;
             let v = match checks::kselftest_tap(&text, "kheaders: run_kheaders_modbuild.sh") {
