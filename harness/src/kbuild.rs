@@ -98,6 +98,7 @@ pub fn requested(cell: &Cell, fragments: &[PathBuf]) -> Result<Config> {
     if cell.patched {
         let mb = if cell.modbuild { "y" } else { "n" };
         want.insert("CONFIG_IKHEADERS_MODBUILD".into(), mb.into());
+        want.insert("CONFIG_IKHEADERS_PROC".into(), if cell.proc { "y" } else { "n" }.into());
     }
     Ok(want)
 }
@@ -166,6 +167,10 @@ impl Build {
         if let Some(dir) = &self.ccache {
             let (cc, hostcc) = (self.toolchain.cc(self.arch), self.toolchain.hostcc());
             cmd.arg(format!("CC=ccache {cc}")).arg(format!("HOSTCC=ccache {hostcc}")).env("CCACHE_DIR", dir);
+            // With debug information (BTF needs it) ccache would hash the
+            // object tree's path, and every new tree would compile afresh;
+            // only DW_AT_comp_dir can then name another tree.
+            cmd.env("CCACHE_NOHASHDIR", "1");
         }
         cmd.env("KBUILD_BUILD_USER", "khtest").env("KBUILD_BUILD_HOST", "khtest").env("KBUILD_BUILD_TIMESTAMP", BUILD_TIMESTAMP.0);
         cmd
@@ -377,6 +382,7 @@ mod tests {
         assert_eq!(w["CONFIG_X"], "n");
         assert_eq!(w["CONFIG_IKHEADERS"], "m");
         assert_eq!(w["CONFIG_IKHEADERS_MODBUILD"], "y");
+        assert_eq!(w["CONFIG_IKHEADERS_PROC"], "y", "patched cells serve /proc/kheaders.tar.xz unless `proc: false`");
         std::fs::write(d.path().join("f.config"), "CONFIG_MODULES=y\nmodules please\n").unwrap();
         let e = requested(&m.cells[0], &m.fragment_paths(&m.cells[0])).unwrap_err().to_string();
         assert!(e.contains("f.config:2: not a Kconfig assignment"), "{e}");

@@ -147,6 +147,10 @@ pub struct Cell {
     /// The compilers the kernel is built with (and the device's modules).
     #[serde(default)]
     pub toolchain: Toolchain,
+    /// Also serve `/proc/kheaders.tar.xz` (`CONFIG_IKHEADERS_PROC`, the
+    /// series' opt-in); false: the file must not exist. Patched cells.
+    #[serde(default = "yes")]
+    pub proc: bool,
 }
 
 /// The compilers a cell's kernel, and every module built against its
@@ -395,6 +399,9 @@ impl Matrix {
             if c.w1 && !(c.modbuild && c.patched) {
                 bail!("cell {:?}: `w1: true` needs the module-build archive (patched, modbuild): the recipe builds nothing without it", c.name);
             }
+            if !c.proc && !c.patched {
+                bail!("cell {:?}: `proc` is the series' option (CONFIG_IKHEADERS_PROC): leave it out of an unpatched cell", c.name);
+            }
             if c.clients && c.toolchain == Toolchain::Llvm {
                 bail!("cell {:?}: `clients: true` needs `toolchain: gcc`: the clients phase runs DKMS and bcc with the device's gcc", c.name);
             }
@@ -554,6 +561,8 @@ cells:
         assert!(e.contains("`module_load` needs `modbuild: true`"), "{e}");
         let e = err("cells:\n  - {name: a, arch: x86_64, kheaders: y, clients: true, fragments: [base.config]}\n");
         assert!(e.contains("needs the clients.config fragment"), "{e}");
+        let e = err("cells:\n  - {name: a, arch: x86_64, kheaders: y, patched: false, modbuild: false, proc: false}\n");
+        assert!(e.contains("`proc` is the series' option"), "{e}");
         let e = err("cells:\n  - {name: a, arch: x86_64, kheaders: y, clients: true, toolchain: llvm, fragments: [base.config, clients.config]}\n");
         assert!(e.contains("`clients: true` needs `toolchain: gcc`"), "{e}");
         let e = err("cells:\n  - {name: a, arch: x86_64, kheaders: y, modbuild: false, w1: true, fragments: [base.config]}\n");

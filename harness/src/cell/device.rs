@@ -118,7 +118,7 @@ impl Host<'_> {
     fn device_test_unloads(&self, run: &mut Run, guest: &mut Guest, test: &DeviceTest) -> Result<(), Stop> {
         self.device_test(run, guest, test)?;
         if self.artifacts.kheaders_ko.is_some() {
-            let after = served(guest, &archive_paths(self.cell), self.s.timeouts.command)?;
+            let after = served(guest, self.s.timeouts.command)?;
             run.check(&format!("device: no archive after the {} unloads kheaders.ko", test.what), checks::served_sizes(&after, &[], 0))?;
         }
         Ok(())

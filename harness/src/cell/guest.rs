@@ -53,12 +53,12 @@ pub(super) fn boot_and_pull(run: &mut Run, cell: &Cell, s: &Settings, spec: &Spe
         let paths = archive_paths(cell);
         let built_size = std::fs::metadata(built).map(|m| m.len()).map_err(blame::host)?;
         if ko {
-            let before = served(&mut guest, &paths, limit)?;
+            let before = served(&mut guest, limit)?;
             run.check("no archive before kheaders.ko is loaded", checks::served_sizes(&before, &[], 0))?;
             let insmod = format!("insmod {}/kheaders.ko", image::MODULES_DIR);
             checked(run, &mut guest, Phase::Pull, "kheaders.ko loads", "insmod kheaders.ko", &insmod, limit)?;
         }
-        let sizes = served(&mut guest, &paths, limit)?;
+        let sizes = served(&mut guest, limit)?;
         run.check("archive served with its size", checks::served_sizes(&sizes, &paths, built_size))?;
         let built_bytes = std::fs::read(built).map_err(blame::host)?;
         guest.pull(Phase::Pull.name(), paths.last().expect("one path at least"), &pulled, Some(&built_bytes)).map_err(blame::of_vm)?;
@@ -68,7 +68,7 @@ pub(super) fn boot_and_pull(run: &mut Run, cell: &Cell, s: &Settings, spec: &Spe
         }
         if ko {
             checked(run, &mut guest, Phase::Pull, "kheaders.ko unloads", "rmmod kheaders", "rmmod kheaders", limit)?;
-            let after = served(&mut guest, &paths, limit)?;
+            let after = served(&mut guest, limit)?;
             run.check("no archive after kheaders.ko is unloaded", checks::served_sizes(&after, &[], 0))?;
         }
         Ok(())
@@ -112,17 +112,22 @@ pub(super) fn load(run: &mut Run, guest: &mut Guest, ko: &Path, cell: &Cell, s: 
     Ok(())
 }
 
-/// Where the guest serves the archive: sysfs always, procfs with the series.
+/// Every place a kernel may serve the archive.
+const ALL_ARCHIVE_PATHS: [&str; 2] = ["/sys/kernel/kheaders.tar.xz", "/proc/kheaders.tar.xz"];
+
+/// Where the guest serves the archive: sysfs always, procfs with the
+/// series' opt-in (`proc`, default on).
 pub(super) fn archive_paths(cell: &Cell) -> Vec<&'static str> {
-    let mut v = vec!["/sys/kernel/kheaders.tar.xz"];
-    if cell.patched {
-        v.push("/proc/kheaders.tar.xz");
+    let mut v = vec![ALL_ARCHIVE_PATHS[0]];
+    if cell.patched && cell.proc {
+        v.push(ALL_ARCHIVE_PATHS[1]);
     }
     v
 }
 
-/// The sizes the guest's `stat` reports for those of `paths` that exist.
-pub(super) fn served(guest: &mut Guest, paths: &[&str], limit: Duration) -> Result<Vec<(String, u64)>, Stop> {
-    let out = guest.run(Phase::Pull.name(), &format!("stat -c 'KHTEST-STAT %s %n' {} 2>/dev/null; true", paths.join(" ")), limit);
+/// The sizes the guest's `stat` reports for those of the archive's
+/// possible places that exist: a file where the cell expects none counts.
+pub(super) fn served(guest: &mut Guest, limit: Duration) -> Result<Vec<(String, u64)>, Stop> {
+    let out = guest.run(Phase::Pull.name(), &format!("stat -c 'KHTEST-STAT %s %n' {} 2>/dev/null; true", ALL_ARCHIVE_PATHS.join(" ")), limit);
     Ok(checks::parse_stat(&out.map_err(blame::of_vm)?.text))
 }
