@@ -21,7 +21,7 @@
 #
 # Of the kernel series v2, run by default too: hostarch (the archive's host
 # programs not rebuilt for the target: an arm64 archive with x86-64 fixdep
-# and modpost, caught in arm64-y-o), randstruct (IKHEADERS_MODBUILD no
+# and modpost, caught in arm64-y-llvm), randstruct (IKHEADERS_MODBUILD no
 # longer excludes RANDSTRUCT: the seed could go into the archive),
 # touchconfig (auto.conf a prerequisite again: touch .config rebuilds the
 # archive), tmpfiles (no INT trap: an interrupted generator leaves its
@@ -58,7 +58,14 @@
 # of the generated headers archived again: caught by the extract check in
 # x86_64-y-o) and helprecipe (the Kconfig help's busybox commands no longer
 # make /lib/modules/$(uname -r), so the link fails: caught in the boot
-# guest of x86_64-y-o).
+# guest of x86_64-y-o). And four of the cross build, each caught in
+# arm64-y-llvm, built as Android builds (LLVM=-19, MODULE_SIG, BTF):
+# ccdecides (v2's test, CC and HOSTCC differ, back: with LLVM both are
+# clang, so nothing is rebuilt), userflags (the rebuild without the
+# target's userprog flags: clang builds x86-64 programs), signfile (the
+# rebuild builds sign-file, which needs the target's OpenSSL: the kernel
+# build fails) and leftover (programs not rebuilt stay: the build
+# machine's resolve_btfids in the arm64 archive).
 #
 # Two more, not run unless named, break the build the plainest ways, to
 # show what a broken build's verdict quotes: cc (a compiler error in
@@ -70,8 +77,8 @@
 # Each run builds a kernel, mostly from ccache once the series' own cells
 # have been built (2 to 3 min with the cell's device phase; the errors,
 # adjust, touchconfig, tmpfiles, config, script and snapshot runs also
-# drive the regen phase, about 5 min each): about 115 min for all
-# thirty-five. Results:
+# drive the regen phase, about 5 min each): about 130 min for all
+# thirty-nine. Results:
 # target/khtest-faults/.
 # The sed expressions below quote make and shell text literally:
 # shellcheck disable=SC2016
@@ -82,7 +89,8 @@ out=${KHTEST_FAULTS_OUT:-$repo/target/khtest-faults}
 khtest=$repo/target/release/khtest
 faults=${*:-regen arch spdx symvers oot pristine errors xzmem adjust hostarch randstruct touchconfig tmpfiles dtbindings config script snapshot \
 	config-v7_3 tmpfiles-v7_3 touchconfig-v7_3 randstruct-v7_3 xzmem-v7_3 adjust-v7_3 hostarch-v7_3 dtbindings-v7_3 errors-v7_3 \
-	symvers-v7_3 snapshot-v7_3 dkmsneeds release bccfield genksyms kerneldoc cmdfiles helprecipe}
+	symvers-v7_3 snapshot-v7_3 dkmsneeds release bccfield genksyms kerneldoc cmdfiles helprecipe \
+	ccdecides userflags signfile leftover}
 
 cd "$repo"
 cargo build -q --release -p khtest
@@ -160,10 +168,31 @@ make_patch()
 		fault_patch "$1" kernel/gen_kheaders.sh 's/ --no-adjust \\$/ \\/' ;;
 	hostarch)
 		# The series without its patch that rebuilds the host programs
-		# for the target: no rebuild, the host's strip.
+		# for the target: no rebuild, nothing left out, the host's strip.
 		fault_patch "$1" kernel/gen_kheaders.sh \
-			's/ && \[ "\${CC}" != "\${HOSTCC}" \]; then$/ \&\& false; then/' \
+			's/^\tif \[ "\${target}" != "\$(elf_id scripts\/basic\/fixdep)" \]; then$/\tif false; then/' \
+			's/^\t\t\trm -f "\${f}"$/\t\t\t:/' \
 			's/"\${STRIP}"/strip/g' ;;
+	ccdecides)
+		# v2's test: rebuild when CC and HOSTCC differ. With LLVM=1
+		# both are clang: no rebuild, so the x86-64 programs are left
+		# out and the archive has no fixdep or modpost.
+		fault_patch "$1" kernel/gen_kheaders.sh \
+			's/^\tif \[ "\${target}" != "\$(elf_id scripts\/basic\/fixdep)" \]; then$/\tif [ "${CC}" != "${HOSTCC}" ]; then/' ;;
+	userflags)
+		# The rebuild without the target's userprog flags: clang
+		# without --target= builds x86-64 programs again.
+		fault_patch "$1" kernel/gen_kheaders.sh \
+			'/^\t\tHOSTCFLAGS="\${KBUILD_USERCFLAGS}" \\$/d' \
+			'/^\t\tHOSTLDFLAGS="\${KBUILD_USERLDFLAGS}" \\$/d' ;;
+	signfile)
+		# The rebuild builds sign-file too: it needs the target's
+		# OpenSSL headers and libcrypto, which the host has not.
+		fault_patch "$1" kernel/gen_kheaders.sh 's/"\${tmpdir}" --no-sign-file >&2$/"${tmpdir}" >\&2/' ;;
+	leftover)
+		# Programs that are not rebuilt stay: the arm64 archive
+		# carries the build machine's resolve_btfids.
+		fault_patch "$1" kernel/gen_kheaders.sh 's/^\t\t\trm -f "\${f}"$/\t\t\t:/' ;;
 	randstruct)
 		fault_patch "$1" init/Kconfig '/^config IKHEADERS_MODBUILD$/,/^config /{/^\tdepends on !RANDSTRUCT$/d}' ;;
 	touchconfig)
@@ -223,7 +252,7 @@ cell_for()
 {
 	case $1 in
 	pristine) echo x86_64-y-intree ;;
-	hostarch) echo arm64-y-o ;;
+	hostarch|ccdecides|userflags|signfile|leftover) echo arm64-y-llvm ;;
 	hostarch-v7_3) echo arm64-y-o-v7_3 ;;
 	dkmsneeds|release|bccfield) echo x86_64-m-o ;;
 	genksyms) echo x86_64-m-modversions ;;
