@@ -29,7 +29,7 @@
 # device-tree binding, even those that archived headers include), config
 # (the archive no longer depends on kernel/kheaders-config, so a
 # configuration change that only autoconf.h shows keeps the old one:
-# mainline's own fault, which both series' patch 2 fixes), script (the
+# mainline's own fault, which 7.3's patch 1 and 6.12's patch 2 fix), script (the
 # generator not a prerequisite of the archive, as before mainline's
 # 626c54af3576: an edit to it keeps the old archive) and snapshot (the
 # object tree's scripts/ found rather than named, so what scripts_gdb writes
