@@ -105,6 +105,23 @@ pub fn recipe_command(tree: &Path, w1: bool, env: &[(&str, String)]) -> String {
     run_command(env, &format!("/tmp/khtest-recipe {testmod}{w}"))
 }
 
+/// What kbuild prints when a module is built with another compiler than
+/// the kernel's (`CC_VERSION_TEXT` against `CONFIG_CC_VERSION_TEXT`): the
+/// device must build with the kernel's toolchain (`LLVM=` for clang).
+const OTHER_COMPILER: &str = "the compiler differs from the one used to build the kernel";
+
+/// A problem if the test's output shows a module built with another
+/// compiler than the kernel's: it could build and even load, and prove
+/// nothing about the toolchain the archive was made for.
+fn other_compiler(text: &str) -> Option<String> {
+    text.lines().find(|l| l.contains(OTHER_COMPILER)).map(|l| {
+        format!(
+            "a module was built with another compiler than the kernel's (kbuild: {:?}): the device must use the kernel's toolchain",
+            l.trim_start_matches("# ").trim()
+        )
+    })
+}
+
 /// The verdict on the recipe's TAP: three results, all passed; for a
 /// headers-only archive, `kheaders install` refused, saying why, and the
 /// rest skipped.
@@ -134,6 +151,7 @@ pub fn judge_recipe(text: &str, expect: Expect) -> Verdict {
             _ => {}
         }
     }
+    problems.extend(other_compiler(text));
     if problems.is_empty() {
         Verdict::Pass
     } else {
@@ -235,6 +253,7 @@ pub fn judge(what: &str, text: &str, prefix: &str, expect: Expect) -> Verdict {
             problems.push(format!("result 4 is '{}', not '{}'", r.name, expect.load_name()));
         }
     }
+    problems.extend(other_compiler(text));
     if problems.is_empty() {
         Verdict::Pass
     } else {
@@ -271,6 +290,23 @@ mod tests {
         );
         let v = judge("kselftest", &text, "# ", Expect::Loads);
         assert!(matches!(&v, Verdict::Fail(m) if m.contains("not ok 3") && m.contains("Exec format error")), "{v:?}");
+    }
+
+    #[test]
+    fn a_module_built_with_another_compiler_than_the_kernels_is_a_fail() {
+        // As the kselftest prints it: the build's warnings after result 3.
+        let text = RUNNER_PASS.replace(
+            "# ok 3 module builds against the archive",
+            "# ok 3 module builds against the archive\n# # warning: the compiler differs from the one used to build the kernel",
+        );
+        let v = judge("kselftest", &text, "# ", Expect::Loads);
+        assert!(matches!(&v, Verdict::Fail(m) if m.contains("another compiler than the kernel's")), "{v:?}");
+        let recipe = "TAP version 13\n1..3\nok 1 kheaders install\n# warning: the compiler differs from the one used to build the kernel\nok 2 module builds\nok 3 kheaders remove\n";
+        assert!(matches!(judge_recipe(recipe, Expect::Loads), Verdict::Fail(m) if m.contains("another compiler")));
+        assert_eq!(
+            judge_recipe(&recipe.replace("# warning: the compiler differs from the one used to build the kernel\n", ""), Expect::Loads),
+            Verdict::Pass
+        );
     }
 
     #[test]
