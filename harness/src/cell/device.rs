@@ -13,6 +13,7 @@ use super::record::{Run, Stop};
 use super::DEVICE_INITRAMFS;
 use crate::blame;
 use crate::device::{self, Expect};
+use crate::matrix::Toolchain;
 use crate::phase::Phase;
 use crate::report::Verdict;
 use crate::vm::{Guest, Spec};
@@ -145,7 +146,12 @@ impl Host<'_> {
         }
         run.part(test.part, t);
         device::save(&log, &out.text).map_err(blame::host)?;
-        let v = match (test.judge)(test.what, &out.text, Expect::of(self.cell)) {
+        let judged = match (test.judge)(test.what, &out.text, Expect::of(self.cell)) {
+            // A clang kernel's modules must be built by clang.
+            Verdict::Pass if self.cell.toolchain == Toolchain::Llvm => device::kernels_compiler(test.what, &out.text),
+            v => v,
+        };
+        let v = match judged {
             Verdict::Fail(r) => Verdict::Fail(format!("{r}\n  log: {}", log.display())),
             Verdict::Error(r) => Verdict::Error(format!("{r}\n  log: {}, console: {}", log.display(), guest.console_log().display())),
             v => v,
