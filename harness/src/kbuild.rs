@@ -1,5 +1,6 @@
-//! kbuild: configure (tinyconfig, then the cell's fragments, then
-//! `olddefconfig`), verify every requested option stuck, and build.
+//! kbuild: configure (the cell's base, `tinyconfig` unless it says
+//! otherwise, then its fragments, then `olddefconfig`), verify every
+//! requested option stuck, and build.
 //!
 //! A build directory is reused across runs; it is configured again only when
 //! what the cell asks for changes, so a rerun with nothing changed is a no-op
@@ -14,7 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::buildlog::{self, Failure};
-use crate::matrix::{Arch, BuildKind, Cell, Kheaders, Toolchain};
+use crate::matrix::{Arch, Base, BuildKind, Cell, Kheaders, Matrix, Toolchain};
 use crate::process::{run_logged_ticking, tail};
 use crate::progress::{self, KbuildSteps};
 
@@ -103,6 +104,50 @@ pub fn requested(cell: &Cell, fragments: &[PathBuf]) -> Result<Config> {
     Ok(want)
 }
 
+/// Where a configuration starts, before the requested options go on top.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// A kbuild target that writes `.config` (`tinyconfig`, `defconfig`).
+    Target(String),
+    /// A whole `.config`, read from `name`.
+    Config { name: String, text: String },
+}
+
+/// Everything a build asks of Kconfig.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub start: Start,
+    pub options: Config,
+}
+
+impl Request {
+    /// The text that identifies the request, in the build key and in the
+    /// object tree's record of how it was configured. A `tinyconfig` start
+    /// adds nothing to the options, so keys made before `base` existed hold.
+    pub fn text(&self) -> String {
+        let options = merge("", &self.options);
+        match &self.start {
+            Start::Target(t) if Base::Target(t.clone()) == Base::default() => options,
+            Start::Target(t) => format!("# khtest base: make {t}\n{options}"),
+            Start::Config { name, text } => format!("# khtest base: {name}\n{text}{options}"),
+        }
+    }
+}
+
+/// What `cell` of `matrix` asks of Kconfig: its base, read if it is a
+/// file, and [`requested`].
+pub fn request(matrix: &Matrix, cell: &Cell) -> Result<Request> {
+    let start = match &cell.base {
+        Base::Target(t) => Start::Target(t.clone()),
+        Base::File(f) => {
+            let path = matrix.config_dir().join(f);
+            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read the base {}", path.display()))?;
+            Start::Config { name: f.clone(), text }
+        }
+    };
+    Ok(Request { start, options: requested(cell, &matrix.fragment_paths(cell))? })
+}
+
 /// Requested options whose final value differs, as readable lines.
 pub fn verify(want: &Config, got: &Config) -> Vec<String> {
     want.iter()
@@ -181,23 +226,26 @@ impl Build {
     }
 
     /// Configure unless the object tree already holds a `.config` made from
-    /// exactly `want`; then check every requested option. Returns the final
-    /// `.config`.
-    pub fn configure(&self, want: &Config, log: &Path) -> Result<Config> {
+    /// exactly `request`; then check every requested option. Returns the
+    /// final `.config`.
+    pub fn configure(&self, request: &Request, log: &Path) -> Result<Config> {
         let stamp = self.obj.join(".khtest-requested");
-        let want_text = merge("", want);
+        let want_text = request.text();
         let current = std::fs::read_to_string(&stamp).ok();
         if current.as_deref() != Some(&want_text) || !self.config_path().exists() {
             std::fs::create_dir_all(&self.obj).with_context(|| format!("cannot create {}", self.obj.display()))?;
             let _ = std::fs::remove_file(&stamp);
-            self.make_target(&["tinyconfig"], log, Duration::from_secs(300))?;
+            match &request.start {
+                Start::Target(t) => self.make_target(&[t], log, Duration::from_secs(300))?,
+                Start::Config { text, .. } => std::fs::write(self.config_path(), text)?,
+            }
             let base = std::fs::read_to_string(self.config_path())?;
-            std::fs::write(self.config_path(), merge(&base, want))?;
+            std::fs::write(self.config_path(), merge(&base, &request.options))?;
             self.make_target(&["olddefconfig"], log, Duration::from_secs(300))?;
             std::fs::write(&stamp, &want_text)?;
         }
         let got = parse_config(&std::fs::read_to_string(self.config_path())?);
-        let bad = verify(want, &got);
+        let bad = verify(&request.options, &got);
         if !bad.is_empty() {
             return Err(NotStuck { config: self.config_path(), options: bad }.into());
         }
@@ -341,6 +389,27 @@ impl std::fmt::Display for MakeFailed {
 mod tests {
     use super::*;
     use crate::matrix::Matrix;
+
+    #[test]
+    fn the_base_is_in_the_request_and_tinyconfig_keeps_old_keys() {
+        let configs = tempfile::tempdir().unwrap();
+        let frags = configs.path().join("fragments");
+        std::fs::create_dir_all(&frags).unwrap();
+        std::fs::write(frags.join("base.config"), "CONFIG_MODULES=y\n").unwrap();
+        std::fs::write(configs.path().join("distro.config"), "CONFIG_SMP=y\n").unwrap();
+        let m = Matrix::parse(
+            "cells:\n  - {name: t, arch: x86_64, kheaders: y, fragments: [base.config]}\n  - {name: d, arch: x86_64, kheaders: y, base: defconfig, fragments: [base.config]}\n  - {name: f, arch: x86_64, kheaders: y, base: distro.config, fragments: [base.config]}\n",
+            &frags,
+        )
+        .unwrap();
+        let [t, d, f] = [0, 1, 2].map(|i| request(&m, &m.cells[i]).unwrap());
+        assert_eq!(t.text(), merge("", &t.options), "a tinyconfig cell's key is what it was before `base`");
+        assert_eq!(d.start, Start::Target("defconfig".into()));
+        assert!(d.text().starts_with("# khtest base: make defconfig\n") && d.text().ends_with(&t.text()), "{}", d.text());
+        assert_eq!(f.start, Start::Config { name: "distro.config".into(), text: "CONFIG_SMP=y\n".into() });
+        assert!(f.text().contains("CONFIG_SMP=y\n"), "the file's text is in the key: {}", f.text());
+        assert_eq!(t.options, d.options, "the fragments and kheaders options go on top of any base");
+    }
 
     #[test]
     fn parses_values_and_not_set() {

@@ -81,6 +81,11 @@ enum Cmd {
         /// first run is cold (about 45 min here), then remove that cache.
         #[arg(long, requires = "whole_matrix")]
         cold: bool,
+        /// Instead of the usual figures, the no-op rebuild with and without
+        /// the archive on x86_64 `defconfig` (6.12), the size measured in
+        /// the 2019 review: two defconfig kernels, built once in the cache.
+        #[arg(long, conflicts_with = "whole_matrix")]
+        defconfig: bool,
     },
 }
 
@@ -183,10 +188,10 @@ fn real_main(cli: Cli) -> Result<u8, Failure> {
             tree(&project, &s, kernel, !unpatched).exit_as(exit_codes::HOST_ERROR)
         }
         Cmd::Extract { image, output } => extract(&image, &output),
-        Cmd::Bench { place, reps, whole_matrix, cold } => {
+        Cmd::Bench { place, reps, whole_matrix, cold, defconfig } => {
             let matrix = load()?;
             let settings = place.settings(&project, cli.matrix.as_ref()).exit_as(exit_codes::USAGE)?;
-            let opts = khtest::bench::Options { reps: reps.max(1), matrix: whole_matrix, cold };
+            let opts = khtest::bench::Options { reps: reps.max(1), matrix: whole_matrix, cold, defconfig };
             bench(&project, &matrix, &settings, &opts).exit_as(exit_codes::BENCH_FAILED)
         }
     }
@@ -265,6 +270,7 @@ mod tests {
         for args in [
             &["khtest", "--matrix", "m.yaml", "run", "a", "--keep"][..],
             &["khtest", "bench", "--whole-matrix", "--cold", "--reps", "5"],
+            &["khtest", "bench", "--defconfig"],
             &["khtest", "extract", "vmlinux", "-o", "x.tar.xz"],
             &["khtest", "tree", "--unpatched"],
             &["khtest", "tree", "--kernel", "7.3"],
@@ -273,5 +279,6 @@ mod tests {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
         assert!(Cli::try_parse_from(["khtest", "bench", "--cold"]).is_err(), "--cold means nothing without --whole-matrix");
+        assert!(Cli::try_parse_from(["khtest", "bench", "--defconfig", "--whole-matrix"]).is_err(), "--defconfig is a bench of its own");
     }
 }

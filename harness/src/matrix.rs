@@ -125,7 +125,10 @@ pub struct Cell {
     /// kernel as Debian ships it).
     #[serde(default = "yes")]
     pub patched: bool,
-    /// Kconfig fragments merged over `tinyconfig`, in order.
+    /// Where the configuration starts (default `tinyconfig`).
+    #[serde(default)]
+    pub base: Base,
+    /// Kconfig fragments merged over the base, in order.
     #[serde(default)]
     pub fragments: Vec<String>,
     /// Also exercise the archive's build rules in a scratch object tree:
@@ -233,6 +236,54 @@ pub enum ModuleLoad {
 
 /// The fragment with what the clients phase's programs need of the kernel.
 pub const CLIENTS_FRAGMENT: &str = "clients.config";
+
+/// Where a cell's configuration starts, before its fragments and its
+/// kheaders options are merged on top.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Base {
+    /// A kbuild target that writes `.config`: `tinyconfig`, `defconfig`,
+    /// or an arch's `*_defconfig`, such as Android's `gki_defconfig` in an
+    /// Android tree given with `--tree`.
+    Target(String),
+    /// A whole `.config`: a file under `configs/` (a name with a `/`, or
+    /// ending in `.config`), such as a distribution's config.
+    File(String),
+}
+
+impl Default for Base {
+    fn default() -> Base {
+        Base::Target("tinyconfig".into())
+    }
+}
+
+impl TryFrom<String> for Base {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Base, String> {
+        if s.contains('/') || s.ends_with(".config") {
+            if s.starts_with('/') || s.split('/').any(|part| part == ".." || part.is_empty()) {
+                return Err(format!("base {s:?}: name a file under configs/ by a relative path without `..`"));
+            }
+            return Ok(Base::File(s));
+        }
+        if s.ends_with("config") && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return Ok(Base::Target(s));
+        }
+        Err(format!(
+            "base {s:?}: use tinyconfig, defconfig, an arch's *_defconfig target (such as gki_defconfig), \
+             or a file under configs/ (a path with a `/`, or ending in `.config`)"
+        ))
+    }
+}
+
+impl From<Base> for String {
+    fn from(b: Base) -> String {
+        match b {
+            Base::Target(s) | Base::File(s) => s,
+        }
+    }
+}
 
 fn yes() -> bool {
     true
@@ -408,6 +459,12 @@ impl Matrix {
             if c.clients && !c.fragments.iter().any(|f| f == CLIENTS_FRAGMENT) {
                 bail!("cell {:?}: `clients: true` needs the {CLIENTS_FRAGMENT} fragment (bcc's kernel options): add it to `fragments`", c.name);
             }
+            if let Base::File(f) = &c.base {
+                let p = self.config_dir().join(f);
+                if !p.is_file() {
+                    bail!("cell {:?}: base {:?} not found (looked for {})", c.name, f, p.display());
+                }
+            }
             for f in &c.fragments {
                 let p = self.fragment_dir.join(f);
                 if !p.is_file() {
@@ -416,6 +473,11 @@ impl Matrix {
             }
         }
         Ok(())
+    }
+
+    /// `configs/`: the matrix's directory, where a base file's name resolves.
+    pub fn config_dir(&self) -> PathBuf {
+        self.fragment_dir.parent().unwrap_or(Path::new(".")).to_owned()
     }
 
     pub fn fragment_paths(&self, cell: &Cell) -> Vec<PathBuf> {
@@ -583,5 +645,27 @@ cells:
         assert_eq!(m.select(&["baseline".into()]).unwrap()[0].name, "baseline");
         let e = m.select(&["nope".into()]).unwrap_err().to_string();
         assert!(e.contains("x86_64-y, baseline"), "{e}");
+    }
+
+    #[test]
+    fn the_base_is_a_config_target_or_a_file_under_configs() {
+        let configs = tempfile::tempdir().unwrap();
+        let frags = configs.path().join("fragments");
+        std::fs::create_dir_all(configs.path().join("bases")).unwrap();
+        std::fs::create_dir_all(&frags).unwrap();
+        std::fs::write(configs.path().join("bases/distro.config"), "CONFIG_MODULES=y\n").unwrap();
+        let parse = |base: &str| Matrix::parse(&format!("cells:\n  - {{name: a, arch: x86_64, kheaders: y, base: {base}}}\n"), &frags);
+        let m = Matrix::parse("cells:\n  - {name: a, arch: x86_64, kheaders: y}\n", &frags).unwrap();
+        assert_eq!(m.cells[0].base, Base::Target("tinyconfig".into()), "tinyconfig is the default");
+        assert_eq!(parse("defconfig").unwrap().cells[0].base, Base::Target("defconfig".into()));
+        assert_eq!(parse("gki_defconfig").unwrap().cells[0].base, Base::Target("gki_defconfig".into()));
+        assert_eq!(parse("bases/distro.config").unwrap().cells[0].base, Base::File("bases/distro.config".into()));
+        assert_eq!(m.config_dir(), configs.path());
+        let e = format!("{:#}", parse("bases/missing.config").unwrap_err());
+        assert!(e.contains("base \"bases/missing.config\" not found") && e.contains("bases/missing.config"), "{e}");
+        for bad in ["allyes", "../etc/passwd.config", "/etc/kernel.config", "'make defconfig'"] {
+            let e = format!("{:#}", parse(bad).unwrap_err());
+            assert!(e.contains("base "), "{bad}: {e}");
+        }
     }
 }

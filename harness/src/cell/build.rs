@@ -37,22 +37,22 @@ pub(super) fn preflight(run: &mut Run, cell: &Cell, s: &Settings) -> Result<Cach
 
 /// The cache key of a cell's build: the tree, the toolchain, the arch, the
 /// kind of build and every requested option.
-pub fn build_key(tree_key: &str, toolchain_key: &str, cell: &Cell, want: &kbuild::Config) -> String {
+pub fn build_key(tree_key: &str, toolchain_key: &str, cell: &Cell, request: &kbuild::Request) -> String {
     key(&[
         tree_key.as_bytes(),
         toolchain_key.as_bytes(),
         cell.arch.kernel_arch().as_bytes(),
         format!("{:?}", cell.build).as_bytes(),
-        kbuild::merge("", want).as_bytes(),
+        request.text().as_bytes(),
     ])
 }
 
 /// The build's key, and the lock that keeps every other run out of its
 /// object tree until it is dropped. [`super::run`] and [`build_only`]
 /// both take it here.
-pub(super) fn lock_build(cache: &Cache, tree: &Tree, cell: &Cell, want: &kbuild::Config) -> anyhow::Result<(String, CacheLock)> {
-    tools::check(&tools::for_options(want))?;
-    let key = build_key(&tree.key, &tools::toolchain_key(cell.arch, cell.toolchain, want)?, cell, want);
+pub(super) fn lock_build(cache: &Cache, tree: &Tree, cell: &Cell, request: &kbuild::Request) -> anyhow::Result<(String, CacheLock)> {
+    tools::check(&tools::for_options(&request.options))?;
+    let key = build_key(&tree.key, &tools::toolchain_key(cell.arch, cell.toolchain, &request.options)?, cell, request);
     let lock = cache.lock(&format!("build-{key}"))?;
     Ok((key, lock))
 }
@@ -109,10 +109,10 @@ pub(super) fn object_tree(run: &mut Run, cache: &Cache, tree: &Tree, cell: &Cell
     }
 }
 
-/// Configure `build` with the options `want`, keeping the final `.config`
-/// in the cell directory. An option that did not stick is a FAIL naming it.
-pub(super) fn configure(run: &mut Run, build: &Build, want: &kbuild::Config) -> Result<kbuild::Config, Stop> {
-    let got = build.configure(want, &run.dir.join("build.log")).map_err(|e| match e.downcast_ref::<kbuild::NotStuck>() {
+/// Configure `build` as `request` asks, keeping the final `.config` in
+/// the cell directory. An option that did not stick is a FAIL naming it.
+pub(super) fn configure(run: &mut Run, build: &Build, request: &kbuild::Request) -> Result<kbuild::Config, Stop> {
+    let got = build.configure(request, &run.dir.join("build.log")).map_err(|e| match e.downcast_ref::<kbuild::NotStuck>() {
         Some(n) => Verdict::Fail(n.to_string()),
         None => blame::host(e),
     })?;
@@ -238,22 +238,29 @@ pub struct Built {
     pub kernel_image: PathBuf,
 }
 
-/// Configure and build an out-of-tree `cell` (with `want` instead of its
-/// own options, if given) in the cache exactly as [`super::run`] does,
+/// Configure and build an out-of-tree `cell` (with `request` instead of
+/// its own, if given) in the cache exactly as [`super::run`] does,
 /// without booting it: a no-op `make` when it is up to date. For the bench
 /// and the guest tests.
-pub fn build_only(project: &Project, matrix: &Matrix, cell: &Cell, s: &Settings, want: Option<kbuild::Config>, log: &Path) -> anyhow::Result<Built> {
+pub fn build_only(
+    project: &Project,
+    matrix: &Matrix,
+    cell: &Cell,
+    s: &Settings,
+    request: Option<kbuild::Request>,
+    log: &Path,
+) -> anyhow::Result<Built> {
     anyhow::ensure!(cell.build == BuildKind::OutOfTree, "cell {}: only out-of-tree builds can be built on their own", cell.name);
     let cache = Cache::open(&s.cache_dir)?;
     let tree = tree::prepare(&cache, s.source.as_ref(), project, cell.kernel, cell.patched, &|_| {})?;
-    let want = match want {
-        Some(w) => w,
-        None => kbuild::requested(cell, &matrix.fragment_paths(cell))?,
+    let request = match request {
+        Some(r) => r,
+        None => kbuild::request(matrix, cell)?,
     };
-    let (key, _lock) = lock_build(&cache, &tree, cell, &want)?;
+    let (key, _lock) = lock_build(&cache, &tree, cell, &request)?;
     let _turn = kernel_build_turn(&cache, &|m| tracing::info!("{}: {m}", cell.name))?;
     let build = out_of_tree(&cache, &tree, cell, &key);
-    build.configure(&want, log)?;
+    build.configure(&request, log)?;
     build.rebuild(log, s.build_limit)?;
     Ok(Built { archive: build.archive(), kernel_image: build.kernel_image(), build })
 }

@@ -168,11 +168,11 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     let tree = run.phase(Phase::Tree, |run| {
         tree::prepare(&cache, s.source.as_ref(), project, cell.kernel, cell.patched, &|m| run.say(m)).map_err(blame::host)
     })?;
-    let want = kbuild::requested(cell, &matrix.fragment_paths(cell)).map_err(blame::host)?;
-    let (build_key, _build_lock) = build::lock_build(&cache, &tree, cell, &want).map_err(blame::host)?;
+    let request = kbuild::request(matrix, cell).map_err(blame::host)?;
+    let (build_key, _build_lock) = build::lock_build(&cache, &tree, cell, &request).map_err(blame::host)?;
     let build_turn = build::kernel_build_turn(&cache, &|m| run.say(m)).map_err(blame::host)?;
     let build = build::object_tree(run, &cache, &tree, cell, &build_key)?;
-    let config = run.phase(Phase::Configure, |run| build::configure(run, &build, &want))?;
+    let config = run.phase(Phase::Configure, |run| build::configure(run, &build, &request))?;
     if cell.modbuild {
         run.phase(Phase::Randstruct, |run| build::randstruct_check(run, &build, cell))?;
     }
