@@ -1,7 +1,11 @@
-//! The archive's build rules (K6, K7, K9, K16, K17), driven in a scratch object tree
-//! beside the cell's build, so that the cell's own tree stays as built:
+//! The archive's build rules (K6, K7, K9, K16, K17, K20), driven in a
+//! scratch object tree, so that the cell's own tree stays as built. The
+//! scratch builds from a copy of the source tree at a second path, with
+//! `O=` outside it, where kbuild's `srctree` is absolute:
 //!
-//! - a second, independent build of the archive gives the same bytes (K9);
+//! - that second, independent build of the archive gives the same bytes
+//!   as the cell's (whose `O=` is inside its tree): nothing of where the
+//!   trees were gets in (K9, K20);
 //! - adding a header, changing it again at once, changing
 //!   `KBUILD_BUILD_TIMESTAMP`, changing the configuration and removing the
 //!   header each regenerate the archive, which then shows the change (K6);
@@ -90,7 +94,7 @@ impl Step {
 
     pub fn name(self) -> &'static str {
         match self {
-            Step::Reproducible => "a second build of the archive gives the same bytes (K9)",
+            Step::Reproducible => "a second build, from the source at another path with O= outside it, gives the same bytes (K9, K20)",
             Step::Quiet => "the generator prints nothing of its own (K7)",
             Step::NewHeader => "a new header regenerates the archive (K6)",
             Step::XzLimit => "a low XZ_DEFAULTS memory limit fails the generator, not other bytes (K17)",
@@ -111,7 +115,7 @@ impl Step {
 /// what it does or how it judges (adding or removing a step changes the
 /// key by itself), so that no outcome remembered from the old steps is
 /// taken for theirs.
-pub const STEPS_VERSION: u32 = 1;
+pub const STEPS_VERSION: u32 = 2;
 
 /// One step's outcome.
 pub type Outcome = (Step, Verdict);
@@ -164,11 +168,11 @@ struct Scratch<'a> {
     limit: Duration,
 }
 
-/// Run every step against `scratch` (an object tree of `cell`'s source,
-/// made if missing) until one does not pass. `cell_archive` is the archive
-/// that `cell` built.
-pub fn run(cell: &Build, cell_archive: &Path, scratch: &Path, dir: &Path, limit: Duration) -> Result<Vec<Outcome>> {
-    let s = Scratch { build: Build { obj: scratch.to_owned(), ..cell.clone() }, dir, limit };
+/// Run every step against `scratch` (an object tree of `src`, a copy of
+/// `cell`'s source tree at another path; made if missing) until one does
+/// not pass. `cell_archive` is the archive that `cell` built.
+pub fn run(cell: &Build, cell_archive: &Path, src: &Path, scratch: &Path, dir: &Path, limit: Duration) -> Result<Vec<Outcome>> {
+    let s = Scratch { build: Build { src: src.to_owned(), obj: scratch.to_owned(), ..cell.clone() }, dir, limit };
     s.reset(&cell.obj.join(".config"))?;
     let mut outcomes = Vec::new();
     for step in Step::ALL {
@@ -522,7 +526,7 @@ fn same_archive(dir: &Path, a: &Path, b: &Path) -> Result<Verdict> {
     archive::extract_file(b, &rb)?;
     let diffs = tree_differences(&ra, &rb)?;
     Ok(Verdict::Fail(format!(
-        "two builds with the same KBUILD_BUILD_TIMESTAMP differ ({} vs {} bytes): {}",
+        "two builds with the same KBUILD_BUILD_TIMESTAMP differ ({} vs {} bytes; the second from the source at another path, O= outside it): {}",
         x.len(),
         y.len(),
         if diffs.is_empty() { "same files and contents, so the tar metadata differs".to_owned() } else { diffs.join(", ") }

@@ -222,8 +222,13 @@ pub(super) fn regen_checks(
         }
         return Ok(());
     }
-    let scratch = tree.build_dir(&format!("{build_key}-regen"));
-    let steps = regen::run(build, archive, &scratch, &run.dir, s.build_limit).map_err(blame::of)?;
+    // The source at a second path, and O= outside it: kbuild's srctree is
+    // then absolute, as in the builds of most users, where the cell's
+    // (O= inside the tree, for ccache) is `..`.
+    tracing::info!("{}: regen: a copy of the source tree at a second path (once per tree)", run.name);
+    let src = cache.get_or_make("regen-src", &tree.key, |dir| tree::copy_tree(&tree.path, dir)).map_err(blame::host)?;
+    let scratch = cache.root().join("regen-obj").join(build_key);
+    let steps = regen::run(build, archive, &src, &scratch, &run.dir, s.build_limit).map_err(blame::of)?;
     regen::remember(&passed, &steps).map_err(blame::host)?;
     for (step, v) in steps {
         run.check(step.name(), v)?;
