@@ -95,7 +95,10 @@ impl BenchCells {
             x86: pick("6.12 x86_64 =y O= module-build", &|c| series(c, Kernel::V6_12) && c.arch.is_host())?,
             arm: pick("6.12 arm64 =y O= module-build", &|c| series(c, Kernel::V6_12) && !c.arch.is_host())?,
             x86_73: pick("7.3 x86_64 =y O= module-build", &|c| series(c, Kernel::V7_3) && c.arch.is_host())?,
-            arm_73: pick("7.3 arm64 =y O= module-build", &|c| series(c, Kernel::V7_3) && !c.arch.is_host())?,
+            // =y or =m: the build makes the same archive either way.
+            arm_73: pick("7.3 arm64 O= module-build", &|c| {
+                c.build == BuildKind::OutOfTree && c.patched && c.modbuild && c.kernel == Kernel::V7_3 && !c.arch.is_host()
+            })?,
             mainline: pick("unpatched", &|c| oot(c) && !c.patched)?,
             clients: pick("x86_64 clients module-build", &|c| c.clients && c.modbuild && c.arch.is_host())?,
             clients_headers_only: pick("x86_64 clients headers-only", &|c| c.clients && !c.modbuild && c.arch.is_host())?,
@@ -654,6 +657,14 @@ pub fn markdown(figures: &[Figure]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bench_finds_its_cells_in_the_repository_matrix() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/matrix.yaml");
+        let matrix = Matrix::load(&path).unwrap();
+        let cells = BenchCells::pick(&matrix).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!((cells.arm_73.kernel, cells.arm_73.arch.is_host()), (Kernel::V7_3, false));
+    }
 
     #[test]
     fn headers_only_keeps_what_mainline_archives() {
