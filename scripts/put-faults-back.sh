@@ -56,7 +56,9 @@
 # scripts/kernel-doc, which kbuild runs on every C file with W=1: caught by
 # the device's W=1 recipe in x86_64-y-o), cmdfiles (kbuild's .cmd files
 # of the generated headers archived again: caught by the extract check in
-# x86_64-y-o) and helprecipe (the Kconfig help's busybox commands no longer
+# x86_64-y-o; with the regen phase on, as cmdpaths, the .cmd files' paths
+# are caught first by its two-source-paths step) and helprecipe (the Kconfig
+# help's busybox commands no longer
 # make /lib/modules/$(uname -r), so the link fails: caught in the boot
 # guest of x86_64-y-o). And four of the cross build, each caught in
 # arm64-y-llvm, built as Android builds (LLVM=-19, MODULE_SIG, BTF):
@@ -236,7 +238,7 @@ make_patch()
 		fault_patch "$1" kernel/Makefile 's/^\(\t*! -name coccicheck -a \)! -name "spdx\*" -a \\$/\1! -name kernel-doc -a ! -name "spdx*" -a \\/' ;;
 	helprecipe)
 		fault_patch "$1" init/Kconfig 's/^\(\t    mkdir -p \$d\) \/lib\/modules\/\$(uname -r)$/\1/' ;;
-	cmdfiles)
+	cmdfiles|cmdpaths)
 		fault_patch "$1" kernel/Makefile 's/^\(\t*-a \)! -name "\.\*\.cmd" -a \(\\( -type f -o -type l \\) -print; \\\)$/\1\2/' ;;
 	ld)
 		fault_patch "$1" kernel/kheaders.c \
@@ -285,7 +287,7 @@ for f in $faults; do
 	esac
 	# Only these faults need the regen phase: spare the others it.
 	case ${f%-v7_3} in
-	errors|adjust|touchconfig|tmpfiles|config|script|snapshot) ;;
+	errors|adjust|touchconfig|tmpfiles|config|script|snapshot|cmdpaths) ;;
 	*) sed -i 's/^    regen: true$/    regen: false/' "$copy/configs/matrix.yaml" ;;
 	esac
 	cell=$(cell_for "$f")
