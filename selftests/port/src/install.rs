@@ -4,6 +4,9 @@
 //! directory of this kernel release that only its owner can change
 //! (`/usr/src/kheaders-<release>`, not `/tmp`), and point
 //! `/lib/modules/<release>/build` at it. `kheaders remove` undoes it.
+//! On a `CONFIG_MODVERSIONS` kernel, the symbol versions it serves go in
+//! the tree as `Module.symvers`, which the archive cannot carry, so that
+//! modules built there carry the versions the kernel checks.
 //!
 //! It refuses, changing nothing, an archive with headers only, one for
 //! another kernel release, one whose programs do not run on this machine,
@@ -55,6 +58,8 @@ impl Places {
 pub enum Outcome {
     Installed {
         files: usize,
+        /// The kernel's symbol versions went in as `Module.symvers`.
+        versions: bool,
     },
     /// The same archive was installed already: nothing changed.
     AlreadyInstalled,
@@ -90,13 +95,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
 const STAMP: &str = ".kheaders-archive";
 
 /// Install the archive at `archive` for `places`, whose programs must be
-/// for ELF machine `machine`.
-pub fn install(places: &Places, archive: &Path, machine: u16) -> Result<Outcome, InstallError> {
+/// for ELF machine `machine`, with `symvers` (the symbol versions the
+/// running kernel serves), if given, as its `Module.symvers`.
+pub fn install(places: &Places, archive: &Path, symvers: Option<&Path>, machine: u16) -> Result<Outcome, InstallError> {
     // Before anything is made there (the lock), and again under the lock.
     check_ours(places)?;
     let _lock = lock(places)?;
     let bytes = std::fs::read(archive).map_err(io(archive))?;
-    let stamp = format!("{:016x} {}\n", fnv1a(&bytes), bytes.len());
+    let versions = symvers.map(|p| std::fs::read(p).map_err(io(p))).transpose()?;
+    let mut stamp = format!("{:016x} {}\n", fnv1a(&bytes), bytes.len());
+    if let Some(v) = &versions {
+        stamp += &format!("{:016x} {} Module.symvers\n", fnv1a(v), v.len());
+    }
     check_ours(places)?;
     if std::fs::read_to_string(places.tree().join(STAMP)).is_ok_and(|s| s == stamp) && link_is_ours(places)? {
         return Ok(Outcome::AlreadyInstalled);
@@ -107,10 +117,13 @@ pub fn install(places: &Places, archive: &Path, machine: u16) -> Result<Outcome,
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
     }
+    if let Some(v) = &versions {
+        std::fs::write(staging.join("Module.symvers"), v).map_err(io(&staging))?;
+    }
     std::fs::write(staging.join(STAMP), &stamp).map_err(io(&staging))?;
     swap_in(places, &staging)?;
     point_build_link(places)?;
-    Ok(Outcome::Installed { files: x.files })
+    Ok(Outcome::Installed { files: x.files, versions: versions.is_some() })
 }
 
 /// Remove what [`install`] made for `places`.
@@ -337,10 +350,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = places(d.path());
         let a = archive(d.path(), "6.12.118", 62, true);
-        assert!(matches!(install(&p, &a, 62).unwrap(), Outcome::Installed { files: 4 }));
+        assert!(matches!(install(&p, &a, None, 62).unwrap(), Outcome::Installed { files: 4, versions: false }));
         assert_eq!(std::fs::read_link(p.build_link()).unwrap(), Path::new("/usr/src/kheaders-6.12.118"));
         assert!(p.tree().join("Makefile").is_file());
-        assert_eq!(install(&p, &a, 62).unwrap(), Outcome::AlreadyInstalled);
+        assert_eq!(install(&p, &a, None, 62).unwrap(), Outcome::AlreadyInstalled);
         assert_eq!(remove(&p).unwrap(), Outcome::Removed);
         assert!(p.build_link().symlink_metadata().is_err() && !p.tree().exists());
         assert_eq!(remove(&p).unwrap(), Outcome::NothingToRemove);
@@ -356,7 +369,7 @@ mod tests {
             (archive(d.path(), "6.12.118", 183, true), "ELF machine 183, and this machine is 62"),
         ];
         for (a, why) in cases {
-            let err = install(&p, &a, 62).unwrap_err();
+            let err = install(&p, &a, None, 62).unwrap_err();
             assert!(err.to_string().contains(why), "{err}");
             assert!(!p.tree().exists() && p.build_link().symlink_metadata().is_err(), "{why}: changed something");
             let left: Vec<_> = std::fs::read_dir(p.root.join("usr/src")).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -374,13 +387,13 @@ mod tests {
         // The tree's place is a link to somewhere else.
         std::fs::create_dir_all(p.root.join("usr/src")).unwrap();
         std::os::unix::fs::symlink(&elsewhere, p.tree()).unwrap();
-        assert!(matches!(install(&p, &a, 62), Err(InstallError::NotOurs { .. })));
+        assert!(matches!(install(&p, &a, None, 62), Err(InstallError::NotOurs { .. })));
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
         std::fs::remove_file(p.tree()).unwrap();
         // The build link points at somebody else's tree.
         std::fs::create_dir_all(p.build_link().parent().unwrap()).unwrap();
         std::os::unix::fs::symlink(&elsewhere, p.build_link()).unwrap();
-        let err = install(&p, &a, 62).unwrap_err();
+        let err = install(&p, &a, None, 62).unwrap_err();
         assert!(err.to_string().contains("a link to") && !p.tree().exists(), "{err}");
         assert!(matches!(remove(&p), Err(InstallError::NotOurs { .. })), "remove leaves it alone too");
         assert_eq!(std::fs::read_link(p.build_link()).unwrap(), elsewhere);
@@ -392,14 +405,32 @@ mod tests {
         let p = places(d.path());
         std::fs::create_dir_all(p.staging().join("half")).unwrap();
         let a = archive(d.path(), "6.12.118", 62, true);
-        install(&p, &a, 62).unwrap();
+        install(&p, &a, None, 62).unwrap();
         assert!(!p.staging().exists());
         std::fs::write(p.tree().join("stale"), "x").unwrap();
         let mut again = std::fs::read(&a).unwrap();
         let b = d.path().join("b.tar.xz");
         again.extend_from_slice(&[0; 4]);
         std::fs::write(&b, again).unwrap();
-        assert!(matches!(install(&p, &b, 62).unwrap(), Outcome::Installed { .. }), "another archive's bytes");
+        assert!(matches!(install(&p, &b, None, 62).unwrap(), Outcome::Installed { .. }), "another archive's bytes");
         assert!(!p.tree().join("stale").exists() && !p.old().exists());
+    }
+
+    #[test]
+    fn the_served_symbol_versions_go_in_as_module_symvers_and_new_ones_reinstall() {
+        let d = tempfile::tempdir().unwrap();
+        let p = places(d.path());
+        let a = archive(d.path(), "6.12.118", 62, true);
+        let served = d.path().join("served");
+        std::fs::write(&served, "0x12345678\t_printk\tvmlinux\tEXPORT_SYMBOL\t\n").unwrap();
+        assert!(matches!(install(&p, &a, Some(&served), 62).unwrap(), Outcome::Installed { versions: true, .. }));
+        assert_eq!(std::fs::read(p.tree().join("Module.symvers")).unwrap(), std::fs::read(&served).unwrap());
+        assert_eq!(install(&p, &a, Some(&served), 62).unwrap(), Outcome::AlreadyInstalled);
+        // The same archive without them (another boot's, or none served):
+        // the tree must not keep the old ones.
+        assert!(matches!(install(&p, &a, None, 62).unwrap(), Outcome::Installed { versions: false, .. }));
+        assert!(!p.tree().join("Module.symvers").exists());
+        let missing = d.path().join("missing");
+        assert!(install(&p, &a, Some(&missing), 62).unwrap_err().to_string().contains("missing"));
     }
 }

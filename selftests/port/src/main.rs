@@ -172,17 +172,25 @@ fn results(k: &mut Ktap<std::io::Stdout>, archive: &Archive, work: &std::path::P
         k.result(Skip, "module loads", why);
         return k.exit_code();
     }
+    // The archive has no Module.symvers: the running kernel serves its
+    // vmlinux part.
+    let versions = load::versions(&headers, archive.running);
+    if versions == load::Versions::Served {
+        if let Err(e) = std::fs::copy(load::SERVED_SYMVERS, headers.join("Module.symvers")) {
+            k.diag(&format!("cannot copy {}: {e}", load::SERVED_SYMVERS));
+        }
+    }
     let ko = build(k, &headers, work);
     if kheaders_selftest::signals::caught().is_some() {
         return 1;
     }
-    let name = load::name(&headers);
+    let name = load::name(versions);
     if !archive.running {
         k.result(Skip, name, "the archive is not the running kernel's");
     } else if effective_uid() != 0 {
         k.result(Skip, name, "loading a module needs root");
     } else if let Some(ko) = ko {
-        let (result, diag) = load::load(&ko, &headers, work);
+        let (result, diag) = load::load(&ko, versions, work);
         k.diag(&diag);
         k.result(result, name, "");
     } else {

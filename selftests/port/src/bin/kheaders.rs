@@ -2,11 +2,11 @@
 //! package (`/usr/src/kheaders-<release>`, `/lib/modules/<release>/build`),
 //! or remove it. See `install.rs` and the README's device recipe.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::exit;
 
 use kheaders_selftest::install::{self, Outcome, Places};
-use kheaders_selftest::running;
+use kheaders_selftest::{load, running};
 
 const USAGE: &str = "\
 usage: kheaders install [--archive PATH] [--root DIR] [--release R]
@@ -18,7 +18,9 @@ DIR/usr/src/kheaders-R and point DIR/lib/modules/R/build at it, so that DKMS
 and `make -C /lib/modules/$(uname -r)/build M=$PWD` work with no headers
 package. It refuses, changing nothing, an archive with headers only, one
 for another kernel release or machine, and a place somebody else controls.
-Running it again with the same archive changes nothing.
+Running it again with the same archive changes nothing. On a kernel that
+serves its symbol versions (/sys/kernel/symvers/vmlinux: CONFIG_MODVERSIONS),
+they go in the tree as Module.symvers, so that modules built there load.
 
 remove: remove what install made.
 
@@ -56,7 +58,11 @@ fn main() {
                 Some(p) => (p, false),
                 None => running_archive(),
             };
-            let r = install::install(&places, &path, install::this_machine());
+            // The served versions are the running kernel's only.
+            let running = install::running_release().is_ok_and(|r| r == places.release);
+            let served = Path::new(load::SERVED_SYMVERS);
+            let symvers = (running && served.is_file()).then_some(served);
+            let r = install::install(&places, &path, symvers, install::this_machine());
             if loaded {
                 running::unload_kheaders();
             }
@@ -66,8 +72,9 @@ fn main() {
         other => usage(&format!("unknown command {other}")),
     };
     match outcome {
-        Ok(Outcome::Installed { files }) => {
-            println!("kheaders: {files} files in {}, linked from {}", places.tree().display(), places.build_link().display())
+        Ok(Outcome::Installed { files, versions }) => {
+            let with = if versions { format!(", with {} as Module.symvers", load::SERVED_SYMVERS) } else { String::new() };
+            println!("kheaders: {files} files in {}{with}, linked from {}", places.tree().display(), places.build_link().display())
         }
         Ok(Outcome::AlreadyInstalled) => println!("kheaders: {} already holds this archive", places.tree().display()),
         Ok(Outcome::Removed) => println!("kheaders: removed {} and its build link", places.tree().display()),
