@@ -91,14 +91,13 @@ impl BenchCells {
         };
         let oot = |c: &Cell| c.build == BuildKind::OutOfTree && c.kheaders == Kheaders::BuiltIn;
         let series = |c: &Cell, k: Kernel| oot(c) && c.patched && c.modbuild && c.kernel == k;
+        let any_kheaders = |c: &Cell, k: Kernel| c.build == BuildKind::OutOfTree && c.patched && c.modbuild && c.kernel == k;
         Ok(BenchCells {
             x86: pick("6.12 x86_64 =y O= module-build", &|c| series(c, Kernel::V6_12) && c.arch.is_host())?,
-            arm: pick("6.12 arm64 =y O= module-build", &|c| series(c, Kernel::V6_12) && !c.arch.is_host())?,
             x86_73: pick("7.3 x86_64 =y O= module-build", &|c| series(c, Kernel::V7_3) && c.arch.is_host())?,
             // =y or =m: the build makes the same archive either way.
-            arm_73: pick("7.3 arm64 O= module-build", &|c| {
-                c.build == BuildKind::OutOfTree && c.patched && c.modbuild && c.kernel == Kernel::V7_3 && !c.arch.is_host()
-            })?,
+            arm: pick("6.12 arm64 O= module-build", &|c| any_kheaders(c, Kernel::V6_12) && !c.arch.is_host())?,
+            arm_73: pick("7.3 arm64 O= module-build", &|c| any_kheaders(c, Kernel::V7_3) && !c.arch.is_host())?,
             mainline: pick("unpatched", &|c| oot(c) && !c.patched)?,
             clients: pick("x86_64 clients module-build", &|c| c.clients && c.modbuild && c.arch.is_host())?,
             clients_headers_only: pick("x86_64 clients headers-only", &|c| c.clients && !c.modbuild && c.arch.is_host())?,

@@ -219,14 +219,18 @@ pub fn help_recipe(kconfig: &str) -> Result<Vec<String>, String> {
 
 /// The guest command that runs `recipe` (the help text's commands, in
 /// order, each only if the one before worked) and then proves that it put
-/// a tree for this kernel where DKMS looks, with its programs executable;
-/// the tree is removed after, to give the guest's memory back.
+/// a tree for this kernel where DKMS looks, with its programs executable,
+/// and the symbol versions the kernel serves, if it does, as its
+/// `Module.symvers`; the tree is removed after, to give the guest's
+/// memory back.
 pub fn help_recipe_command(recipe: &[String]) -> String {
     format!(
         "{} && b=/lib/modules/$(uname -r)/build && test -f $b/Makefile && test -x $b/scripts/basic/fixdep && \
-         test \"$(cat $b/include/config/kernel.release)\" = \"$(uname -r)\" && echo KHTEST-RECIPE-OK; st=$?; \
+         test \"$(cat $b/include/config/kernel.release)\" = \"$(uname -r)\" && \
+         {{ test ! -e {SERVED} || cmp {SERVED} $b/Module.symvers; }} && echo KHTEST-RECIPE-OK; st=$?; \
          rm -rf \"$(readlink /lib/modules/$(uname -r)/build)\" /lib/modules/$(uname -r)/build; exit $st",
-        recipe.join(" && ")
+        recipe.join(" && "),
+        SERVED = crate::symvers::SERVED
     )
 }
 

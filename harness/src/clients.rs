@@ -12,10 +12,8 @@ use anyhow::Result;
 
 use crate::cache::Cache;
 use crate::debsrc;
-use crate::device::{shell_quote, Expect};
-use crate::process::last_lines;
+use crate::device::{self, shell_quote, Expect};
 use crate::report::Verdict;
-use crate::tap::{self, Plan};
 use crate::vm::Share;
 
 /// A DKMS source package from a Debian suite.
@@ -65,7 +63,7 @@ const DKMS_RESULTS: usize = 14;
 /// and `dkms remove` still pass, and what needs a build is skipped.
 pub fn judge_dkms(text: &str, expect: Expect) -> Verdict {
     let what = "DKMS on the device";
-    let tap = match planned(what, text, DKMS_RESULTS) {
+    let tap = match device::planned(what, text, DKMS_RESULTS) {
         Ok(tap) => tap,
         Err(v) => return v,
     };
@@ -100,18 +98,6 @@ pub fn judge_dkms(text: &str, expect: Expect) -> Verdict {
     }
 }
 
-/// `text`'s TAP if it plans `count` results; else the verdict: ERROR for
-/// a test that skipped itself whole (its reason says what the userland
-/// lacks), FAIL for no plan or another count.
-fn planned(what: &str, text: &str, count: usize) -> Result<tap::Tap, Verdict> {
-    let tap = tap::parse(text, "");
-    match tap.plan {
-        Some(Plan { count: 0, skip }) => Err(Verdict::Error(format!("{what} skipped itself: {}", skip.unwrap_or_default()))),
-        Some(Plan { count: c, .. }) if c == count => Ok(tap),
-        _ => Err(Verdict::Fail(format!("{what} printed no plan of {count}; its output ends:\n    {}", last_lines(text, 8).join("\n    ")))),
-    }
-}
-
 /// The guest command that runs bcc on the device (`images/khtest-bcc`).
 pub fn bcc_command() -> String {
     format!("khtest-device run {}", shell_quote("/tmp/khtest-bcc"))
@@ -130,23 +116,7 @@ const BCC_RESULTS: usize = 4;
 /// the archive (bcc needs headers only, so the headers-only baseline
 /// passes too: a control that our series cannot make pass).
 pub fn judge_bcc(text: &str) -> Verdict {
-    let what = "bcc on the device";
-    let tap = match planned(what, text, BCC_RESULTS) {
-        Ok(tap) => tap,
-        Err(v) => return v,
-    };
-    let problems: Vec<String> = (1..=BCC_RESULTS)
-        .filter_map(|n| match tap.result(n) {
-            None => Some(format!("no result {n}")),
-            Some(r) if !r.ok => Some(format!("{}{}", r.line, r.why())),
-            Some(r) => r.skip().map(|s| format!("result {n} ({}) was skipped: {s}", r.name)),
-        })
-        .collect();
-    if problems.is_empty() {
-        Verdict::Pass
-    } else {
-        Verdict::Fail(format!("{what}: {}", problems.join("\n  ")))
-    }
+    device::all_ok("bcc on the device", text, BCC_RESULTS)
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::matrix::{Arch, Cell, ModuleLoad};
+use crate::matrix::Arch;
 use crate::process::{last_lines, run_logged};
 use crate::report::Verdict;
 use crate::tap::{self, Plan};
@@ -87,7 +87,7 @@ pub fn mount_command(tree: &Path) -> String {
 /// The guest command that runs `command` in the device's root, with the
 /// variables `env` (the toolchain's, such as `LLVM`) in its environment,
 /// where make and the programs it runs see them.
-fn run_command(env: &[(&str, String)], command: &str) -> String {
+pub fn run_command(env: &[(&str, String)], command: &str) -> String {
     let vars: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
     format!("khtest-device run {}", shell_quote(&format!("{vars}{command}")))
 }
@@ -163,6 +163,39 @@ pub fn judge_recipe(text: &str, expect: Expect) -> Verdict {
     }
 }
 
+/// `text`'s TAP if it plans `count` results; else the verdict: ERROR for
+/// a test that skipped itself whole (its reason says what the userland
+/// lacks), FAIL for no plan or another count.
+pub fn planned(what: &str, text: &str, count: usize) -> Result<tap::Tap, Verdict> {
+    let tap = tap::parse(text, "");
+    match tap.plan {
+        Some(Plan { count: 0, skip }) => Err(Verdict::Error(format!("{what} skipped itself: {}", skip.unwrap_or_default()))),
+        Some(Plan { count: c, .. }) if c == count => Ok(tap),
+        _ => Err(Verdict::Fail(format!("{what} printed no plan of {count}; its output ends:\n    {}", last_lines(text, 8).join("\n    ")))),
+    }
+}
+
+/// The verdict on a device test's TAP whose `count` results must all
+/// pass, none skipped.
+pub fn all_ok(what: &str, text: &str, count: usize) -> Verdict {
+    let tap = match planned(what, text, count) {
+        Ok(tap) => tap,
+        Err(v) => return v,
+    };
+    let problems: Vec<String> = (1..=count)
+        .filter_map(|n| match tap.result(n) {
+            None => Some(format!("no result {n}")),
+            Some(r) if !r.ok => Some(format!("{}{}", r.line, r.why())),
+            Some(r) => r.skip().map(|s| format!("result {n} ({}) was skipped: {s}", r.name)),
+        })
+        .collect();
+    if problems.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!("{what}: {}", problems.join("\n  ")))
+    }
+}
+
 /// The guest command that runs the port against the running kernel's
 /// archive at `archive`.
 pub fn port_command(archive: &str, env: &[(&str, String)]) -> String {
@@ -190,6 +223,9 @@ pub fn readonly_verdict(status: i32, text: &str) -> Verdict {
 pub enum Expect {
     /// Build the module and load it.
     Loads,
+    /// Build the module with the symbol versions the kernel serves, and
+    /// load it carrying them.
+    LoadsWithVersions,
     /// Build the module and see it refused for having no symbol versions.
     Refused,
     /// Unpack only: a headers-only archive cannot build a module.
@@ -197,18 +233,11 @@ pub enum Expect {
 }
 
 impl Expect {
-    pub fn of(cell: &Cell) -> Expect {
-        match (cell.modbuild, cell.module_load) {
-            (false, _) => Expect::HeadersOnly,
-            (true, ModuleLoad::Loads) => Expect::Loads,
-            (true, ModuleLoad::RefusedNoVersions) => Expect::Refused,
-        }
-    }
-
     /// Result 4's name, as both tests print it.
     fn load_name(self) -> &'static str {
         match self {
             Expect::Refused => "module is refused: it has no symbol versions (CONFIG_MODVERSIONS)",
+            Expect::LoadsWithVersions => "module loads, with the symbol versions the kernel serves",
             _ => "module loads",
         }
     }

@@ -26,6 +26,7 @@ pub mod progress;
 pub mod regen;
 pub mod report;
 pub mod scratch;
+pub mod symvers;
 pub mod tap;
 pub mod tools;
 pub mod tree;

@@ -229,8 +229,9 @@ pub enum ModuleLoad {
     /// It loads, prints `Hello, world`, and unloads printing `Goodbye, world`.
     #[default]
     Loads,
-    /// A `CONFIG_MODVERSIONS` kernel refuses it: the archive has no
-    /// `Module.symvers`, so the module carries no symbol versions.
+    /// A `CONFIG_MODVERSIONS` kernel that serves no symbol versions
+    /// refuses it: the archive has no `Module.symvers`, so the module
+    /// carries none. (A kernel of the series serves them: `Loads`.)
     RefusedNoVersions,
 }
 

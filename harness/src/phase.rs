@@ -32,11 +32,13 @@ pub enum Phase {
     Load,
     Device,
     /// Parts of [`Phase::Device`], timed on their own: its boot, the
-    /// kselftest, its port, and the README's recipe (`kheaders install`).
+    /// kselftest, its port, the README's recipe (`kheaders install`), and
+    /// where the kernel serves its symbol versions, their device test.
     DeviceBoot,
     DeviceKselftest,
     DevicePort,
     DeviceRecipe,
+    DeviceSymvers,
     /// The archive's real users on the device (DKMS, bcc), in the device's
     /// guest after the device phase, in cells with `clients: true`.
     Clients,
@@ -47,7 +49,7 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase and part, in flow order.
-    pub const ALL: [Phase; 26] = [
+    pub const ALL: [Phase; 27] = [
         Phase::Preflight,
         Phase::Tree,
         Phase::Pristine,
@@ -71,6 +73,7 @@ impl Phase {
         Phase::DeviceKselftest,
         Phase::DevicePort,
         Phase::DeviceRecipe,
+        Phase::DeviceSymvers,
         Phase::Clients,
         Phase::ClientsDkms,
         Phase::ClientsBcc,
@@ -85,7 +88,7 @@ impl Phase {
         [Phase::Image, Phase::Boot, Phase::Pull, Phase::FromImage, Phase::Extract, Phase::Modbuild, Phase::Bpf, Phase::Kselftest, Phase::Load];
 
     /// The parts of the device phase.
-    pub const DEVICE_PARTS: [Phase; 4] = [Phase::DeviceBoot, Phase::DeviceKselftest, Phase::DevicePort, Phase::DeviceRecipe];
+    pub const DEVICE_PARTS: [Phase; 5] = [Phase::DeviceBoot, Phase::DeviceKselftest, Phase::DevicePort, Phase::DeviceRecipe, Phase::DeviceSymvers];
 
     /// The name in logs, `results.json` and the docs.
     pub fn name(self) -> &'static str {
@@ -113,6 +116,7 @@ impl Phase {
             Phase::DeviceKselftest => "device-kselftest",
             Phase::DevicePort => "device-port",
             Phase::DeviceRecipe => "device-recipe",
+            Phase::DeviceSymvers => "device-symvers",
             Phase::Clients => "clients",
             Phase::ClientsDkms => "clients-dkms",
             Phase::ClientsBcc => "clients-bcc",

@@ -17,7 +17,7 @@ use crate::matrix::Toolchain;
 use crate::phase::Phase;
 use crate::report::Verdict;
 use crate::vm::{Guest, Spec};
-use crate::{checks, clients, image, userland};
+use crate::{checks, clients, image, symvers, userland};
 
 /// One test the device runs: what it is called, its guest command, its
 /// part of the phase (and log name), and how its TAP is judged.
@@ -61,7 +61,7 @@ impl Host<'_> {
         run.check("the device guest cannot write to the host (read-only 9p export)", device::readonly_verdict(out.status, &out.text))?;
         booted.run_ok(Phase::Device.name(), &device::mount_command(&self.tree.path)).map_err(blame::of_vm)?;
         let guest = guest.insert(booted);
-        let tests = [
+        let mut tests = vec![
             DeviceTest {
                 what: "kselftest kheaders (make run_tests)",
                 cmd: device::kselftest_command(&self.tree.path, &cell.toolchain.device_vars()),
@@ -82,6 +82,14 @@ impl Host<'_> {
                 judge: |_, text, expect| device::judge_recipe(text, expect),
             },
         ];
+        if self.versions.served {
+            tests.push(DeviceTest {
+                what: "symbol versions (khtest-symvers: built with the served ones, loads; with one CRC changed, refused)",
+                cmd: symvers::device_command(&self.tree.path, &cell.toolchain.device_vars()),
+                part: Phase::DeviceSymvers,
+                judge: |_, text, _| symvers::judge_device(text),
+            });
+        }
         tests.iter().try_for_each(|test| self.device_test_unloads(run, guest, test))
     }
 
@@ -146,7 +154,7 @@ impl Host<'_> {
         }
         run.part(test.part, t);
         device::save(&log, &out.text).map_err(blame::host)?;
-        let judged = match (test.judge)(test.what, &out.text, Expect::of(self.cell)) {
+        let judged = match (test.judge)(test.what, &out.text, self.versions.expect(self.cell)) {
             // A clang kernel's modules must be built by clang.
             Verdict::Pass if self.cell.toolchain == Toolchain::Llvm => device::kernels_compiler(test.what, &out.text),
             v => v,
@@ -169,7 +177,7 @@ impl Host<'_> {
         let port = device::port_binaries(self.project, cell.arch, &port_target, &run.dir.join("device-port-build.log")).map_err(blame::host)?;
         let initrd = run.dir.join(DEVICE_INITRAMFS);
         let images = self.project.images_dir();
-        let mut programs: Vec<_> = [images.join("khtest-device"), images.join("khtest-recipe")].into_iter().chain(port).collect();
+        let mut programs: Vec<_> = ["khtest-device", "khtest-recipe", "khtest-symvers"].map(|p| images.join(p)).into_iter().chain(port).collect();
         let mut shares = device::shares(&userland, &self.tree.path);
         if cell.clients {
             programs.extend(clients::IMAGE_FILES.iter().map(|f| images.join(f)));

@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::host::Host;
 use super::record::{Run, Stop};
 use super::Settings;
 use crate::blame;
@@ -14,6 +15,7 @@ use crate::image;
 use crate::matrix::{Cell, ModuleLoad};
 use crate::phase::Phase;
 use crate::report::Verdict;
+use crate::symvers;
 use crate::vm::{Guest, Output, Spec, VmError};
 
 /// Boot; if the guest hangs or QEMU dies before the shell is up (TCG on a
@@ -43,9 +45,12 @@ pub(super) fn checked(run: &mut Run, guest: &mut Guest, phase: Phase, check: &st
     Ok(out)
 }
 
-/// Boot the guest and pull its archive, which must be `built`'s bytes
-/// (with `ko`, only while kheaders.ko is loaded).
-pub(super) fn boot_and_pull(run: &mut Run, cell: &Cell, s: &Settings, spec: &Spec, built: &Path, ko: bool, tree: &Path) -> Result<Guest, Stop> {
+/// Boot the guest and pull its archive, which must be the build's bytes
+/// (where kheaders is a module, only while kheaders.ko is loaded), and
+/// the symbol versions it serves, which must be the build's.
+pub(super) fn boot_and_pull(run: &mut Run, host: &Host<'_>, spec: &Spec) -> Result<Guest, Stop> {
+    let (cell, s, built, tree) = (host.cell, host.s, host.built, &host.tree.path);
+    let ko = host.artifacts.kheaders_ko.is_some();
     let mut guest = run.phase(Phase::Boot, |run| boot_retrying_once(spec, &mut run.retries))?;
     let pulled = run.dir.join("kheaders.tar.xz");
     let limit = s.timeouts.command;
@@ -71,9 +76,27 @@ pub(super) fn boot_and_pull(run: &mut Run, cell: &Cell, s: &Settings, spec: &Spe
             let after = served(&mut guest, limit)?;
             run.check("no archive after kheaders.ko is unloaded", checks::served_sizes(&after, &[], 0))?;
         }
+        if host.versions.served {
+            served_symvers(run, &mut guest, &host.build.obj.join("Module.symvers"))?;
+        }
         Ok(())
     })?;
     Ok(guest)
+}
+
+/// Pull the symbol versions the kernel serves: they must be the vmlinux
+/// lines of the build's `Module.symvers` (K25).
+fn served_symvers(run: &mut Run, guest: &mut Guest, module_symvers: &Path) -> Result<(), Stop> {
+    let check = "the served symbol versions (/sys/kernel/symvers/vmlinux) are the vmlinux lines of the build's Module.symvers (K25)";
+    let pulled = run.dir.join("served.symvers");
+    let there = guest.run(Phase::Pull.name(), &format!("test -r {}", symvers::SERVED), Duration::from_secs(30)).map_err(blame::of_vm)?;
+    if there.status != 0 {
+        return run.check(check, Verdict::Fail(format!("{} does not exist: the kernel serves no symbol versions", symvers::SERVED)));
+    }
+    guest.pull(Phase::Pull.name(), symvers::SERVED, &pulled, None).map_err(blame::of_vm)?;
+    let served = std::fs::read_to_string(&pulled).map_err(blame::host)?;
+    let built = std::fs::read_to_string(module_symvers).map_err(blame::host)?;
+    run.check(check, symvers::served_verdict(&served, &built))
 }
 
 /// Run the commands of the series' help text (`tree`'s init/Kconfig) in
@@ -91,12 +114,14 @@ fn help_recipe(run: &mut Run, guest: &mut Guest, tree: &Path, s: &Settings) -> R
     run.check(check, checks::help_recipe_verdict(out.status, &out.text))
 }
 
-/// Load and unload the test module in the guest; in a cell that expects
-/// it, see it refused for its missing symbol versions instead.
-pub(super) fn load(run: &mut Run, guest: &mut Guest, ko: &Path, cell: &Cell, s: &Settings) -> Result<(), Stop> {
-    let limit = s.timeouts.command;
+/// Load and unload the test module in the guest. Built on the host, it
+/// has no symbol versions: a kernel that checks them must refuse it, for
+/// that reason (where the kernel serves them, the device builds a module
+/// with them, `device_lane`).
+pub(super) fn load(run: &mut Run, guest: &mut Guest, ko: &Path, host: &Host<'_>) -> Result<(), Stop> {
+    let limit = host.s.timeouts.command;
     guest.push(Phase::Load.name(), ko, "/tmp/test.ko").map_err(blame::of_vm)?;
-    if cell.module_load == ModuleLoad::RefusedNoVersions {
+    if host.cell.module_load == ModuleLoad::RefusedNoVersions || host.versions.checked {
         let cmd = "dmesg -c >/dev/null; insmod /tmp/test.ko 2>&1; st=$?; dmesg; exit $st";
         let out = guest.run(Phase::Load.name(), cmd, limit).map_err(blame::of_vm)?;
         return run.check("test.ko refused: it has no symbol versions", checks::refused_without_versions(out.status, &out.text));

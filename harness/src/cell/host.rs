@@ -13,6 +13,7 @@ use crate::kbuild::{self, Build};
 use crate::matrix::Cell;
 use crate::phase::Phase;
 use crate::report::Verdict;
+use crate::symvers::SymbolVersions;
 use crate::tree::Tree;
 use crate::{bpf, checks, extract, Project};
 
@@ -29,6 +30,8 @@ pub(super) struct Host<'a> {
     pub artifacts: &'a kbuild::Artifacts,
     /// The cell's copy of the build's archive.
     pub built: &'a Path,
+    /// What the kernel does with symbol versions.
+    pub versions: SymbolVersions,
 }
 
 impl Host<'_> {

@@ -26,6 +26,7 @@ use crate::blame;
 use crate::matrix::{Cell, Matrix};
 use crate::phase::Phase;
 use crate::report::{cell_dir, CellReport, Verdict};
+use crate::symvers::SymbolVersions;
 use crate::tree::{self, Source};
 use crate::vm::{Spec, Timeouts};
 use crate::{image, kbuild, Project};
@@ -190,7 +191,8 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     let initrd = run.dir.join("initramfs.cpio");
     run.phase(Phase::Image, |_| image::make(&project.images_dir(), cell.arch, artifacts.kheaders_ko.as_slice(), &[], &initrd).map_err(blame::host))?;
     let spec = Spec::new(cell.arch, &artifacts.kernel_image, &initrd, &run.dir, s.timeouts);
-    let host = Host { project, cell, s, cache: &cache, tree: &tree, build: &build, artifacts: &artifacts, built: &built };
+    let versions = SymbolVersions::of(&config, cell);
+    let host = Host { project, cell, s, cache: &cache, tree: &tree, build: &build, artifacts: &artifacts, built: &built, versions };
     lanes(run, host, &spec)
 }
 
@@ -201,7 +203,6 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
 /// its own and takes longest; the archive out of the kernel files; and
 /// the device.
 fn lanes(run: &mut Run, host: Host<'_>, spec: &Spec) -> Result<(), Stop> {
-    let (cell, s) = (host.cell, host.s);
     let (ko_tx, ko_rx) = std::sync::mpsc::channel();
     std::thread::scope(|scope| {
         let lanes = [
@@ -210,17 +211,16 @@ fn lanes(run: &mut Run, host: Host<'_>, spec: &Spec) -> Result<(), Stop> {
             spawn_lane(scope, run.lane(), move |rec| host.image_lane(rec)),
             spawn_lane(scope, run.lane(), move |rec| host.device_lane(rec)),
         ];
-        let guest =
-            guest::boot_and_pull(run, cell, s, spec, host.built, host.artifacts.kheaders_ko.is_some(), &host.tree.path).and_then(|mut guest| {
-                // No module comes if the lane stopped or the archive has
-                // headers only: the lane's own result says which.
-                let r = match ko_rx.recv() {
-                    Ok(ko) => run.phase(Phase::Load, |run| guest::load(run, &mut guest, &ko, cell, s)),
-                    Err(_) => Ok(()),
-                };
-                guest.shutdown();
-                r
-            });
+        let guest = guest::boot_and_pull(run, &host, spec).and_then(|mut guest| {
+            // No module comes if the lane stopped or the archive has
+            // headers only: the lane's own result says which.
+            let r = match ko_rx.recv() {
+                Ok(ko) => run.phase(Phase::Load, |run| guest::load(run, &mut guest, &ko, &host)),
+                Err(_) => Ok(()),
+            };
+            guest.shutdown();
+            r
+        });
         let mut stops = vec![(run.current, guest)];
         for lane in lanes {
             let (rec, r) = lane.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
