@@ -21,7 +21,7 @@
 #
 # Of the kernel series v2, run by default too: hostarch (the archive's host
 # programs not rebuilt for the target: an arm64 archive with x86-64 fixdep
-# and modpost, caught in arm64-y-llvm), randstruct (IKHEADERS_MODBUILD no
+# and modpost, caught in arm64-m-gki), randstruct (IKHEADERS_MODBUILD no
 # longer excludes RANDSTRUCT: the seed could go into the archive),
 # touchconfig (auto.conf a prerequisite again: touch .config rebuilds the
 # archive), tmpfiles (no INT trap: an interrupted generator leaves its
@@ -61,13 +61,20 @@
 # help's busybox commands no longer
 # make /lib/modules/$(uname -r), so the link fails: caught in the boot
 # guest of x86_64-y-o). And four of the cross build, each caught in
-# arm64-y-llvm, built as Android builds (LLVM=-19, MODULE_SIG, BTF):
+# arm64-m-gki, built as Android builds (LLVM=-19, MODULE_SIG, BTF):
 # ccdecides (v2's test, CC and HOSTCC differ, back: with LLVM both are
 # clang, so nothing is rebuilt), userflags (the rebuild without the
 # target's userprog flags: clang builds x86-64 programs), signfile (the
 # rebuild builds sign-file, which needs the target's OpenSSL: the kernel
 # build fails) and leftover (programs not rebuilt stay: the build
 # machine's resolve_btfids in the arm64 archive).
+#
+# Of the served symbol versions (issue #32), run by default too, each
+# caught in x86_64-m-modversions: symcrc (every CRC served one off: the
+# served file is not the build's, and the device's module, built with it,
+# is refused), symgpl (no EXPORT_SYMBOL_GPL line served) and symnone (no
+# file served: the initcall is gone). symcrc-v7_3 is 7.3's symcrc, caught
+# in arm64-m-o-v7_3.
 #
 # Two more, not run unless named, break the build the plainest ways, to
 # show what a broken build's verdict quotes: cc (a compiler error in
@@ -79,8 +86,8 @@
 # Each run builds a kernel, mostly from ccache once the series' own cells
 # have been built (2 to 3 min with the cell's device phase; the errors,
 # adjust, touchconfig, tmpfiles, config, script and snapshot runs also
-# drive the regen phase, about 5 min each): about 130 min for all
-# thirty-nine. Results:
+# drive the regen phase, about 5 min each): about 145 min for all
+# forty-three. Results:
 # target/khtest-faults/.
 # The sed expressions below quote make and shell text literally:
 # shellcheck disable=SC2016
@@ -92,7 +99,7 @@ khtest=$repo/target/release/khtest
 faults=${*:-regen arch spdx symvers oot pristine errors xzmem adjust hostarch randstruct touchconfig tmpfiles dtbindings config script snapshot \
 	config-v7_3 tmpfiles-v7_3 touchconfig-v7_3 randstruct-v7_3 xzmem-v7_3 adjust-v7_3 hostarch-v7_3 dtbindings-v7_3 errors-v7_3 \
 	symvers-v7_3 snapshot-v7_3 dkmsneeds release bccfield genksyms kerneldoc cmdfiles helprecipe \
-	ccdecides userflags signfile leftover}
+	ccdecides userflags signfile leftover symcrc symgpl symnone symcrc-v7_3}
 
 cd "$repo"
 cargo build -q --release -p khtest
@@ -240,6 +247,15 @@ make_patch()
 		fault_patch "$1" init/Kconfig 's/^\(\t    mkdir -p \$d\) \/lib\/modules\/\$(uname -r)$/\1/' ;;
 	cmdfiles|cmdpaths)
 		fault_patch "$1" kernel/Makefile 's/^\(\t*-a \)! -name "\.\*\.cmd" -a \(\\( -type f -o -type l \\) -print; \\\)$/\1\2/' ;;
+	symcrc)
+		fault_patch "$1" kernel/module/symvers.c \
+			's/^\(\t\t (u32)t->crcs\[sym - t->start\]\), kernel_symbol_name(sym),$/\1 ^ 1, kernel_symbol_name(sym),/' \
+			's/^\(\t\t __start___kcrctab\[sym - __start___ksymtab\]\),$/\1 ^ 1,/' ;;
+	symgpl)
+		fault_patch "$1" kernel/module/symvers.c \
+			'/^\t{ __start___ksymtab_gpl, __stop___ksymtab_gpl, __start___kcrctab_gpl,$/,/^\t  "EXPORT_SYMBOL_GPL" },$/d' ;;
+	symnone)
+		fault_patch "$1" kernel/module/symvers.c '/^late_initcall(symvers_init);$/d' ;;
 	ld)
 		fault_patch "$1" kernel/kheaders.c \
 			'/^static int __init ikheaders_init(void)$/,/^}$/s/^\tint ret;$/\tint ret;\n\textern int khtest_undefined(void);\n\n\tkhtest_undefined();/' ;;
@@ -254,10 +270,11 @@ cell_for()
 {
 	case $1 in
 	pristine) echo x86_64-y-intree ;;
-	hostarch|ccdecides|userflags|signfile|leftover) echo arm64-y-llvm ;;
+	hostarch|ccdecides|userflags|signfile|leftover) echo arm64-m-gki ;;
 	hostarch-v7_3) echo arm64-m-o-v7_3 ;;
 	dkmsneeds|release|bccfield) echo x86_64-m-o ;;
-	genksyms) echo x86_64-m-modversions ;;
+	genksyms|symcrc|symgpl|symnone) echo x86_64-m-modversions ;;
+	symcrc-v7_3) echo arm64-m-o-v7_3 ;;
 	*-v7_3) echo x86_64-y-o-v7_3 ;;
 	*) echo x86_64-y-o ;;
 	esac
