@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use kheaders_selftest::modbuild;
 use khtest::console::{Console, ConsoleError, Output};
 use khtest::report::Verdict;
-use khtest::{buildlog, checks, clients, device, tap};
+use khtest::{buildlog, checks, clients, device, symvers, tap};
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("test_data").join(rel)
@@ -112,6 +112,21 @@ fn the_device_tap_of_the_kselftest_and_the_port_is_read_and_judged() {
     let broken = runner.replace("# ok 3 module builds", "# not ok 3 module builds").replace("ok 1 selftests", "not ok 1 selftests");
     let v = checks::kselftest_tap(&broken, "kheaders: run_kheaders_modbuild.sh");
     assert!(matches!(&v, Verdict::Fail(m) if m.starts_with("not ok 1 selftests") && m.contains("\n  not ok 3 module builds")), "{v:?}");
+}
+
+#[test]
+fn a_modversions_device_loads_with_the_served_versions_and_refuses_a_changed_crc() {
+    // x86_64-m-modversions, 6.12 series with its patch 11.
+    let runner = text("tap/x86_64-m-modversions-device-kselftest.log");
+    assert_eq!(device::judge("kselftest", &runner, "# ", device::Expect::LoadsWithVersions), Verdict::Pass);
+    let v = device::judge("kselftest", &runner, "# ", device::Expect::Loads);
+    assert!(matches!(&v, Verdict::Fail(m) if m.contains("result 4 is 'module loads, with the symbol versions the kernel serves'")), "{v:?}");
+    let log = text("tap/x86_64-m-modversions-device-symvers.log");
+    assert_eq!(symvers::judge_device(&log), Verdict::Pass);
+    assert!(log.contains("# /sys/module/test/taint: OE") && log.contains("test: disagrees about version of symbol _printk"));
+    // The refusal not seen: insmod took the module with the wrong CRC.
+    let accepted = log.replace("ok 3 built after", "not ok 3 built after");
+    assert!(matches!(symvers::judge_device(&accepted), Verdict::Fail(m) if m.contains("not ok 3 built after _printk's CRC was changed")));
 }
 
 #[test]
