@@ -77,7 +77,7 @@ pub(super) fn boot_and_pull(run: &mut Run, host: &Host<'_>, spec: &Spec) -> Resu
             run.check("no archive after kheaders.ko is unloaded", checks::served_sizes(&after, &[], 0))?;
         }
         if host.versions.served {
-            served_symvers(run, &mut guest, &host.build.obj.join("Module.symvers"))?;
+            served_symvers(run, &mut guest, &host.build.obj.join("Module.symvers"), limit)?;
         }
         Ok(())
     })?;
@@ -86,10 +86,10 @@ pub(super) fn boot_and_pull(run: &mut Run, host: &Host<'_>, spec: &Spec) -> Resu
 
 /// Pull the symbol versions the kernel serves: they must be the vmlinux
 /// lines of the build's `Module.symvers` (K25).
-fn served_symvers(run: &mut Run, guest: &mut Guest, module_symvers: &Path) -> Result<(), Stop> {
+fn served_symvers(run: &mut Run, guest: &mut Guest, module_symvers: &Path, limit: Duration) -> Result<(), Stop> {
     let check = "the served symbol versions (/sys/kernel/symvers/vmlinux) are the vmlinux lines of the build's Module.symvers (K25)";
     let pulled = run.dir.join("served.symvers");
-    let there = guest.run(Phase::Pull.name(), &format!("test -r {}", symvers::SERVED), Duration::from_secs(30)).map_err(blame::of_vm)?;
+    let there = guest.run(Phase::Pull.name(), &format!("test -r {}", symvers::SERVED), limit).map_err(blame::of_vm)?;
     if there.status != 0 {
         return run.check(check, Verdict::Fail(format!("{} does not exist: the kernel serves no symbol versions", symvers::SERVED)));
     }
