@@ -227,6 +227,8 @@ else
 	   [ "$(count_log 'Goodbye, world')" -gt "$goodbye" ]; then
 		ok "$load"
 	else
+		# The kernel says why it refused a module.
+		dmesg | tail -n 3 | sed 's/^/# /'
 		not_ok "$load"
 	fi
 fi

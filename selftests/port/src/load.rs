@@ -108,7 +108,10 @@ pub fn load(ko: &Path, v: Versions, work: &Path) -> (Result, String) {
     let (hello, goodbye) = (count(HELLO, work), count(GOODBYE, work));
     let (loaded, out) = run("insmod", &[&ko], work);
     if !loaded {
-        return (Result::Fail, format!("insmod failed:\n{out}"));
+        // The kernel says why it refused a module.
+        let log = run("dmesg", &[], work).1;
+        let why: Vec<&str> = log.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect();
+        return (Result::Fail, format!("insmod failed:\n{out}\nthe kernel log ends:\n{}", why.join("\n")));
     }
     if count(HELLO, work) <= hello {
         run("rmmod", &["test"], work);
