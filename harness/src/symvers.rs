@@ -19,22 +19,16 @@ pub struct SymbolVersions {
     /// `CONFIG_MODVERSIONS`: a module without versions is refused.
     pub checked: bool,
     /// The kernel serves them: the series' module-build archive with
-    /// `CONFIG_MODVERSIONS`.
+    /// `CONFIG_MODVERSIONS`. (Whether an unsigned module taints it `E`,
+    /// `khtest-symvers` reads from the archive's own configuration.)
     pub served: bool,
-    /// `CONFIG_MODULE_SIG` without `CONFIG_MODULE_SIG_FORCE`: an unsigned
-    /// module loads and taints the kernel `E`.
-    pub unsigned_taints: bool,
 }
 
 impl SymbolVersions {
     pub fn of(config: &Config, cell: &Cell) -> SymbolVersions {
         let on = |k: &str| config.get(k).map(String::as_str) == Some("y");
         let checked = on("CONFIG_MODVERSIONS");
-        SymbolVersions {
-            checked,
-            served: checked && cell.patched && on("CONFIG_IKHEADERS_MODBUILD"),
-            unsigned_taints: on("CONFIG_MODULE_SIG") && !on("CONFIG_MODULE_SIG_FORCE"),
-        }
+        SymbolVersions { checked, served: checked && cell.patched && on("CONFIG_IKHEADERS_MODBUILD") }
     }
 
     /// What the device's tests must see of the test module.
@@ -147,11 +141,11 @@ mod tests {
         let cfg = |t: &str| crate::kbuild::parse_config(t);
         let all = cfg("CONFIG_MODVERSIONS=y\nCONFIG_IKHEADERS_MODBUILD=y\nCONFIG_MODULE_SIG=y\n");
         let v = SymbolVersions::of(&all, &cell(true));
-        assert_eq!(v, SymbolVersions { checked: true, served: true, unsigned_taints: true });
+        assert_eq!(v, SymbolVersions { checked: true, served: true });
         assert_eq!(v.expect(&cell(true)), Expect::LoadsWithVersions);
         assert!(!SymbolVersions::of(&all, &cell(false)).served, "Debian's kernel serves nothing");
-        let forced = cfg("CONFIG_MODVERSIONS=y\nCONFIG_MODULE_SIG=y\nCONFIG_MODULE_SIG_FORCE=y\n");
-        assert_eq!(SymbolVersions::of(&forced, &cell(true)), SymbolVersions { checked: true, served: false, unsigned_taints: false });
+        let no_modbuild = cfg("CONFIG_MODVERSIONS=y\n");
+        assert_eq!(SymbolVersions::of(&no_modbuild, &cell(true)), SymbolVersions { checked: true, served: false });
         assert_eq!(SymbolVersions::default().expect(&cell(true)), Expect::Loads);
     }
 }
