@@ -128,7 +128,7 @@ impl Host<'_> {
         self.device_test(run, guest, test)?;
         if self.artifacts.kheaders_ko.is_some() {
             let after = served(guest, self.s.timeouts.command)?;
-            run.check(&format!("device: no archive after the {} unloads kheaders.ko", test.what), checks::served_sizes(&after, &[], 0))?;
+            run.check(&format!("device: no archive once {} has unloaded kheaders.ko", test.what), checks::served_sizes(&after, &[], 0))?;
         }
         Ok(())
     }
