@@ -10,8 +10,9 @@ use crate::kbuild::Config;
 use crate::matrix::{Cell, ModuleLoad};
 use crate::report::Verdict;
 
-/// Where the series' kernel serves its symbol versions.
-pub const SERVED: &str = "/sys/kernel/symvers/vmlinux";
+/// Where the series' kernel serves its symbol versions: the port's
+/// constant, which `kheaders install` and the port's test read.
+pub use kheaders_selftest::load::SERVED_SYMVERS as SERVED;
 
 /// What a cell's kernel does with symbol versions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
