@@ -32,8 +32,9 @@
 # mainline's own fault, which 7.3's patch 1 and 6.12's patch 2 fix), script (the
 # generator not a prerequisite of the archive, as before mainline's
 # 626c54af3576: an edit to it keeps the old archive) and snapshot (the
-# object tree's scripts/ found rather than named, so what scripts_gdb writes
-# there after the list was made changes it and regenerates the archive).
+# gdb helpers kept in the list, which finds the object tree's scripts/: what
+# scripts_gdb writes there after the list was made changes it and
+# regenerates the archive).
 #
 # Any fault with a -v7_3 suffix goes into the 7.3 series (kernel/7.3/series)
 # instead, and is caught in the 7.3 cells. Run by default: config-v7_3,
@@ -50,8 +51,9 @@
 # program reads a task_struct field the archive's headers do not have).
 #
 # Of the kernel series v3 (issue #33), run by default too: genksyms (6.12's
-# archive without genksyms under CONFIG_MODVERSIONS, which 6.12 builds it
-# under: the test module exports a symbol, so its build runs genksyms;
+# archive without genksyms, as v2's list had it under CONFIG_GENKSYMS,
+# which 6.12 does not have: the test module exports a symbol, so its build
+# runs genksyms;
 # caught in x86_64-m-modversions), kerneldoc (6.12's archive without
 # scripts/kernel-doc, which kbuild runs on every C file with W=1: caught by
 # the device's W=1 recipe in x86_64-y-o), cmdfiles (kbuild's .cmd files
@@ -146,6 +148,13 @@ client_fault()
 	rm -f "$1.orig"
 }
 
+# list_drops NAME FILE: the archive's object-tree list without FILE.
+list_drops()
+{
+	fault_patch "$1" scripts/package/extmod-build-files \
+		"s,^without_later_files() {\$,&\\n\\tsed '\\\\:^$2\$:d' |,"
+}
+
 make_patch()
 {
 	rm -f "$out/$1.patch"
@@ -165,9 +174,10 @@ make_patch()
 		fault_patch "$1" kernel/gen_kheaders.sh \
 			's/^\${TAR} -c -f "\${tmpdir}.copy.tar" -T "\${objlist}"$/grep -v "\/generated\/" "${objlist}" | ${TAR} -c -f "${tmpdir}.copy.tar" -T -/' ;;
 	pristine)
+		fault_patch "$1" scripts/package/extmod-build-files \
+			"s/^\tsed -e '\/^Module\\\\.symvers\$\/d' -e /\tsed -e /"
 		fault_patch "$1" kernel/Makefile \
-			's/^\techo include\/config\/kernel.release; \\$/\techo include\/config\/kernel.release; \\\n\techo Module.symvers; \\/' \
-			's/^\(\t*     \$(obj)\/kheaders-config\) FORCE$/\1 Module.symvers FORCE/' ;;
+			's/^\(\t*     \$(srctree)\/scripts\/package\/rebuild-host-programs\) FORCE$/\1 Module.symvers FORCE/' ;;
 	errors)
 		fault_patch "$1" kernel/gen_kheaders.sh \
 			's/^\${TAR} -c -f "\${tmpdir}.copy.tar" -T "\${objlist}"$/${TAR} -c -f - -T "${objlist}" | ${TAR} -xf - -C "${tmpdir}"/' ;;
@@ -205,11 +215,11 @@ make_patch()
 	randstruct)
 		fault_patch "$1" init/Kconfig '/^config IKHEADERS_MODBUILD$/,/^config /{/^\tdepends on !RANDSTRUCT$/d}' ;;
 	touchconfig)
-		fault_patch "$1" kernel/Makefile 's/^\(\t*     \)\$(obj)\/kheaders-config FORCE$/\1include\/config\/auto.conf FORCE/' ;;
+		fault_patch "$1" kernel/Makefile 's/^\(\t*     \)\$(obj)\/kheaders-config \\$/\1include\/config\/auto.conf \\/' ;;
 	tmpfiles)
 		fault_patch "$1" kernel/gen_kheaders.sh "/^trap 'exit 130' INT$/d" ;;
 	config)
-		fault_patch "$1" kernel/Makefile 's/^\(\t*     \)\$(obj)\/kheaders-config FORCE$/\1FORCE/' ;;
+		fault_patch "$1" kernel/Makefile '/^\t*     \$(obj)\/kheaders-config \\$/d' ;;
 	script)
 		# The generator run by name, not as the rule's first
 		# prerequisite: an edit to it no longer regenerates the archive.
@@ -217,21 +227,16 @@ make_patch()
 			's/^\$(obj)\/kheaders_data.tar.xz: \$(src)\/gen_kheaders.sh /$(obj)\/kheaders_data.tar.xz: /' \
 			's/cmd_kheaders_data = "\$<"/cmd_kheaders_data = "$(src)\/gen_kheaders.sh"/' ;;
 	snapshot)
-		# The object tree's scripts/ found, not named: the list is
-		# whatever other targets (scripts_gdb) have written there by
-		# then, as the 2019 series' list was.
-		fault_patch "$1" kernel/Makefile \
-			'/^\techo scripts\/\(basic\/fixdep\|mod\/modpost\|mod\/elfconfig\.h\|mod\/devicetable-offsets\.h\); \\$/d' \
-			's/^\techo scripts\/module\.lds$/\tfind scripts -name kconfig -prune -o ! -name ".*" ! -name "*.[cos]" \\( -type f -o -type l \\) -print/' ;;
+		# The gdb helpers kept in the list: it takes in whatever
+		# scripts_gdb has written into the object tree's scripts/ by
+		# then, as the 2019 series' list did.
+		fault_patch "$1" scripts/package/extmod-build-files 's/\\|gdb\\|sbom/\\|sbom/' ;;
 	dtbindings)
-		fault_patch "$1" kernel/gen_kheaders.sh \
-			's/^\t\tfind dt-bindings ! -type d | sort | comm -23 - "\${keep}" |$/\t\tfind dt-bindings ! -type d |/' ;;
+		fault_patch "$1" scripts/package/extmod-build-files 's/ || (\$0 in k)//' ;;
 	cc)
 		fault_patch "$1" kernel/kheaders.c '/^static int __init ikheaders_init(void)$/,/^}$/s/^\tint ret;$/\tint ret/' ;;
 	dkmsneeds)
-		fault_patch "$1" kernel/Makefile \
-			's/^\techo scripts\/mod\/devicetable-offsets\.h; \\$/\techo scripts\/mod\/devicetable-offsets.h/' \
-			'/^\techo scripts\/module\.lds$/d' ;;
+		list_drops "$1" scripts/module.lds ;;
 	release)
 		fault_patch "$1" kernel/gen_kheaders.sh \
 			's/^rm -f "\${tmpdir}\.copy\.tar"$/\0\nif [ -f "${tmpdir}\/include\/config\/kernel.release" ]; then echo 0.0.0-another-build > "${tmpdir}\/include\/config\/kernel.release"; fi/' ;;
@@ -239,14 +244,17 @@ make_patch()
 		# Not in the series: client_fault puts it into the copy.
 		: ;;
 	genksyms)
-		# CONFIG_GENKSYMS, which 6.12 does not have.
-		fault_patch "$1" kernel/Makefile 's/\$(if \$(CONFIG_MODVERSIONS),echo scripts\/genksyms\/genksyms;)/$(if $(CONFIG_GENKSYMS),echo scripts\/genksyms\/genksyms;)/' ;;
+		# v2's list named genksyms under CONFIG_GENKSYMS, which 6.12
+		# does not have: the archive went without it.
+		list_drops "$1" scripts/genksyms/genksyms ;;
 	kerneldoc)
-		fault_patch "$1" kernel/Makefile 's/^\(\t*! -name coccicheck -a \)! -name "spdx\*" -a \\$/\1! -name kernel-doc -a ! -name "spdx*" -a \\/' ;;
+		fault_patch "$1" scripts/package/extmod-build-files \
+			's/\\|coccicheck\\|spdx/\\|coccicheck\\|kernel-doc\\|spdx/' ;;
 	helprecipe)
 		fault_patch "$1" init/Kconfig 's/^\(\t    mkdir -p \$d\) \/lib\/modules\/\$(uname -r)$/\1/' ;;
 	cmdfiles|cmdpaths)
-		fault_patch "$1" kernel/Makefile 's/^\(\t*-a \)! -name "\.\*\.cmd" -a \(\\( -type f -o -type l \\) -print; \\\)$/\1\2/' ;;
+		fault_patch "$1" scripts/package/extmod-build-files \
+			"s/^\t\t! -name '\.\*\.cmd' \(\\\\( -type f -o -type l \\\\) -print\)$/\t\t\1/" ;;
 	symcrc)
 		fault_patch "$1" kernel/module/symvers.c \
 			's/^\(\t\t (u32)t->crcs\[sym - t->start\]\), kernel_symbol_name(sym),$/\1 ^ 1, kernel_symbol_name(sym),/' \
