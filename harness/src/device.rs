@@ -50,6 +50,30 @@ const PORT_BUILD_LIMIT: Duration = Duration::from_secs(900);
 /// The port's programs: the kselftest's port and `kheaders` (install).
 pub const PORT_PROGRAMS: [&str; 2] = ["kheaders-selftest", "kheaders"];
 
+/// The cargo target directory for the port under `cache_dir`: one per
+/// content of the port's sources (and the workspace's manifest and lock
+/// file). Cargo judges freshness per source path, and the binaries it
+/// copies to `release/` are the last build's: copies of the repository
+/// with other port sources (a fault run's) sharing one directory could
+/// hand each other their binaries.
+pub fn port_target_dir(cache_dir: &Path, project: &Project) -> Result<PathBuf> {
+    let mut parts = Vec::new();
+    for f in ["Cargo.toml", "Cargo.lock"] {
+        let path = project.root.join(f);
+        parts.push((f.as_bytes().to_vec(), std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?));
+    }
+    let port = project.root.join("selftests/port");
+    for e in walkdir::WalkDir::new(&port).sort_by_file_name() {
+        let e = e.with_context(|| format!("cannot list {}", port.display()))?;
+        if e.file_type().is_file() {
+            let name = e.path().strip_prefix(&project.root)?.as_os_str().as_encoded_bytes().to_vec();
+            parts.push((name, std::fs::read(e.path()).with_context(|| format!("cannot read {}", e.path().display()))?));
+        }
+    }
+    let flat: Vec<&[u8]> = parts.iter().flat_map(|(n, c)| [n.as_slice(), c.as_slice()]).collect();
+    Ok(cache_dir.join(crate::cache::key(&flat)))
+}
+
 /// Build the kselftest port's crate static for `arch`'s musl target into
 /// `target_dir` (cargo keeps it up to date); its [`PORT_PROGRAMS`]. The
 /// aarch64 linker is set in `.cargo/config.toml`.
@@ -301,6 +325,28 @@ pub fn save(log: &Path, text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Copies of the repository share the port's build only when its
+    /// sources are the same: an edit to the port, in any copy, is another
+    /// target directory.
+    #[test]
+    fn the_port_target_dir_follows_the_port_sources_not_the_copy() {
+        let copy = |port_src: &str| {
+            let t = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(t.path().join("selftests/port/src")).unwrap();
+            std::fs::write(t.path().join("Cargo.toml"), "[workspace]\n").unwrap();
+            std::fs::write(t.path().join("Cargo.lock"), "version = 4\n").unwrap();
+            std::fs::write(t.path().join("selftests/port/src/main.rs"), port_src).unwrap();
+            t
+        };
+        let dir = |t: &tempfile::TempDir| port_target_dir(Path::new("/cache/device-port"), &Project { root: t.path().to_owned() }).unwrap();
+        let (a, b, edited) = (copy("fn main() {}\n"), copy("fn main() {}\n"), copy("fn main() { panic!() }\n"));
+        assert_eq!(dir(&a), dir(&b));
+        assert_ne!(dir(&a), dir(&edited));
+        assert!(dir(&a).starts_with("/cache/device-port"));
+        std::fs::write(a.path().join("Cargo.lock"), "version = 3\n").unwrap();
+        assert_ne!(dir(&a), dir(&b));
+    }
 
     const RUNNER_PASS: &str = "TAP version 13\n1..1\n# timeout set to 600\n# selftests: kheaders: run_kheaders_modbuild.sh\n\
         # TAP version 13\n# 1..4\n# # archive: /sys/kernel/kheaders.tar.xz\n# ok 1 archive extracts\n# ok 2 archive has no Module.symvers\n\

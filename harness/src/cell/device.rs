@@ -173,7 +173,7 @@ impl Host<'_> {
         let cell = self.cell;
         let userland = userland::prepare(self.cache, cell.arch, &|m| run.say(m)).map_err(blame::host)?;
         // In the cache: copies of the repository (put-faults-back.sh) share it.
-        let port_target = self.cache.root().join("device-port");
+        let port_target = device::port_target_dir(&self.cache.root().join("device-port"), self.project).map_err(blame::host)?;
         let port = device::port_binaries(self.project, cell.arch, &port_target, &run.dir.join("device-port-build.log")).map_err(blame::host)?;
         let initrd = run.dir.join(DEVICE_INITRAMFS);
         let images = self.project.images_dir();
