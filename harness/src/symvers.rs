@@ -62,7 +62,11 @@ pub fn served_verdict(served: &str, build: &str) -> Verdict {
     }
     let only =
         |a: &[&str], b: &[&str]| -> Vec<String> { a.iter().filter(|l| b.binary_search(l).is_err()).take(5).map(|l| format!("    {l}")).collect() };
-    let mut why = format!("{SERVED} has {} vmlinux lines, the build's Module.symvers {}", got.len(), want.len());
+    let mut why = if got.len() == want.len() {
+        format!("{SERVED} differs from the vmlinux lines of the build's Module.symvers (both {})", got.len())
+    } else {
+        format!("{SERVED} has {} vmlinux lines, the build's Module.symvers {}", got.len(), want.len())
+    };
     if others > 0 {
         why += &format!("; and {others} lines that are not vmlinux's");
     }
@@ -108,7 +112,8 @@ mod tests {
                      0x0badcafe\tnet_gpl\tvmlinux\tEXPORT_SYMBOL_GPL\tNS\n";
         let v = served_verdict(wrong, BUILT);
         assert!(
-            matches!(&v, Verdict::Fail(m) if m.contains("served, not built (first 1):\n    0x92997ed9\t_printk") && m.contains("built, not served (first 1):\n    0x92997ed8")),
+            matches!(&v, Verdict::Fail(m) if m.starts_with("/sys/kernel/symvers/vmlinux differs from the vmlinux lines of the build's Module.symvers (both 3)")
+                && m.contains("served, not built (first 1):\n    0x92997ed9\t_printk") && m.contains("built, not served (first 1):\n    0x92997ed8")),
             "{v:?}"
         );
         let no_gpl = "0x1a2b3c4d\tkfree\tvmlinux\tEXPORT_SYMBOL\t\n0x92997ed8\t_printk\tvmlinux\tEXPORT_SYMBOL\t\n";
