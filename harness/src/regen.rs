@@ -43,6 +43,11 @@ use crate::scratch;
 /// A second `KBUILD_BUILD_TIMESTAMP`, one day after the usual one.
 const OTHER_TIMESTAMP: (&str, u64) = ("Mon Nov 18 00:00:00 UTC 2024", 1_731_888_000);
 
+/// The archive's generator, and the script it runs to rebuild the host
+/// programs for a cross build's target: both prerequisites of the archive.
+const GENERATOR: &str = "kernel/gen_kheaders.sh";
+const HOST_SCRIPT: &str = "scripts/package/rebuild-host-programs";
+
 /// An object-tree header that both archive modes list (`include/generated`).
 const PROBE: &str = "include/generated/khtest-probe.h";
 
@@ -71,12 +76,13 @@ pub enum Step {
     StrayScripts,
     RemovedHeader,
     EditedGenerator,
+    EditedHostScript,
     GeneratorError,
     Interrupted,
 }
 
 impl Step {
-    pub const ALL: [Step; 13] = [
+    pub const ALL: [Step; 14] = [
         Step::Reproducible,
         Step::Quiet,
         Step::NewHeader,
@@ -88,6 +94,7 @@ impl Step {
         Step::StrayScripts,
         Step::RemovedHeader,
         Step::EditedGenerator,
+        Step::EditedHostScript,
         Step::GeneratorError,
         Step::Interrupted,
     ];
@@ -105,6 +112,7 @@ impl Step {
             Step::StrayScripts => "files another target writes into scripts/ regenerate nothing (K16)",
             Step::RemovedHeader => "a removed header leaves the archive (K6)",
             Step::EditedGenerator => "a newer gen_kheaders.sh regenerates the archive (K16)",
+            Step::EditedHostScript => "a newer rebuild-host-programs regenerates the archive (K16)",
             Step::GeneratorError => "a copy error fails the generator, naming the file (K7)",
             Step::Interrupted => "an interrupted generator leaves no temporary file (K16)",
         }
@@ -235,7 +243,10 @@ impl Scratch<'_> {
                 std::fs::remove_file(self.build.obj.join(PROBE)).with_context(|| format!("cannot remove {PROBE}"))?;
                 regenerates("removed-header", OTHER_TIMESTAMP.0, &|a| probe_is(a, None))
             }
-            Step::EditedGenerator => self.edited_generator(),
+            Step::EditedGenerator => self.edited_input(GENERATOR, "edited-generator"),
+            // The generator runs it in cross builds: its output is in the
+            // archive then.
+            Step::EditedHostScript => self.edited_input(HOST_SCRIPT, "edited-host-script"),
             Step::GeneratorError => self.generator_error(),
             Step::Interrupted => self.interrupted_generator(),
         }
@@ -291,13 +302,17 @@ impl Scratch<'_> {
         write(&path, &out)
     }
 
-    /// Make the generator script newer, as an edit does: make must
-    /// regenerate the archive. The script is in the source tree that
-    /// every cell of this kernel shares, so only its mtime changes, and
-    /// goes back at once: another build of this tree in between would at
-    /// worst regenerate its archive once.
-    fn edited_generator(&self) -> Result<Verdict> {
-        let script = self.build.src.join("kernel/gen_kheaders.sh");
+    /// Make a script of the source tree that the archive depends on
+    /// (`rel`) newer, as an edit does: make must regenerate the archive.
+    /// The script is in the source tree that every cell of this kernel
+    /// shares, so only its mtime changes, and goes back at once: another
+    /// build of this tree in between would at worst regenerate its archive
+    /// once. A tree without it (no series) skips the step.
+    fn edited_input(&self, rel: &str, step: &str) -> Result<Verdict> {
+        let script = self.build.src.join(rel);
+        if !script.exists() {
+            return Ok(Verdict::Skip(format!("the tree has no {rel}")));
+        }
         // Opened for writing only while its time is set: make cannot run a
         // file that is open for writing (ETXTBSY).
         let set_mtime = |t: std::time::SystemTime| -> Result<()> {
@@ -306,13 +321,14 @@ impl Scratch<'_> {
         };
         let was = std::fs::metadata(&script).and_then(|m| m.modified()).with_context(|| format!("cannot stat {}", script.display()))?;
         set_mtime(std::time::SystemTime::now())?;
-        let outcome = self.generate("edited-generator", OTHER_TIMESTAMP.0);
+        let outcome = self.generate(step, OTHER_TIMESTAMP.0);
         set_mtime(was)?;
         let (log, _) = outcome?;
+        let name = rel.rsplit('/').next().unwrap_or(rel);
         Ok(if generated(&log) {
             Verdict::Pass
         } else {
-            Verdict::Fail("a newer gen_kheaders.sh did not regenerate the archive (no GEN line): the script is not its prerequisite".into())
+            Verdict::Fail(format!("a newer {name} did not regenerate the archive (no GEN line): the script is not its prerequisite"))
         })
     }
 
