@@ -92,3 +92,31 @@ fn each_series_applies_to_its_debian_tree() {
         assert!(kheaders.contains("proc_create("), "the {} series' procfs file is not in the patched tree", kernel.version());
     }
 }
+
+/// One file list (K26): the archive's lists are `install-extmod-build`'s,
+/// printed by `scripts/package/extmod-build-files`, which both use; the
+/// kernel's Makefile keeps no list of the object tree's or the source
+/// tree's files of its own, which would drift as v2's copy did.
+#[test]
+fn the_archive_and_the_packages_take_one_file_list() {
+    for kernel in Kernel::ALL {
+        let tree = prepared(&Project::locate(), kernel, true);
+        let read = |rel: &str| std::fs::read_to_string(tree.path.join(rel)).unwrap();
+        let (makefile, install) = (read("kernel/Makefile"), read("scripts/package/install-extmod-build"));
+        let v = kernel.version();
+        for list in ["srctree", "objtree"] {
+            assert!(install.contains(&format!("${{files}} {list} |")), "{v}: install-extmod-build does not install extmod-build-files' {list} list");
+        }
+        let modbuild = makefile.split("ifdef CONFIG_IKHEADERS_MODBUILD").skip(1).map(|s| s.split("endif").next().unwrap()).collect::<Vec<_>>();
+        assert_eq!(modbuild.len(), 2, "{v}: kernel/Makefile should set the two lists under CONFIG_IKHEADERS_MODBUILD");
+        for (section, list) in modbuild.iter().zip(["objtree", "srctree"]) {
+            assert!(
+                section.contains("scripts/package/extmod-build-files") && section.contains(&format!("{list} --in-kernel")),
+                "{v}: the archive's {list} list is not extmod-build-files --in-kernel:\n{section}"
+            );
+            for own in ["find ", "echo scripts/", "echo include/"] {
+                assert!(!section.contains(own), "{v}: kernel/Makefile lists files of its own ({own:?}):\n{section}");
+            }
+        }
+    }
+}
