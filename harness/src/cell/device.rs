@@ -172,7 +172,8 @@ impl Host<'_> {
     fn device_guest(&self, run: &mut Run) -> Result<Guest, Stop> {
         let cell = self.cell;
         let userland = userland::prepare(self.cache, cell.arch, &|m| run.say(m)).map_err(blame::host)?;
-        // In the cache: copies of the repository (put-faults-back.sh) share it.
+        // In the cache: copies of the repository (put-faults-back.sh) with
+        // the same port sources share it.
         let port_target = device::port_target_dir(&self.cache.root().join("device-port"), self.project).map_err(blame::host)?;
         let port = device::port_binaries(self.project, cell.arch, &port_target, &run.dir.join("device-port-build.log")).map_err(blame::host)?;
         let initrd = run.dir.join(DEVICE_INITRAMFS);
