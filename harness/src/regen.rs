@@ -335,10 +335,10 @@ impl Scratch<'_> {
     /// Write into the object tree's scripts/ what `scripts_gdb` writes
     /// there (a generated `constants.py`, and in O= builds absolute
     /// symlinks to the source tree's scripts), as if it had run after the
-    /// archive's list was made: the next make must regenerate nothing. A
-    /// list that finds the files of scripts/ rather than naming them would
-    /// change, and the archive would hold whatever another target had
-    /// written by then.
+    /// archive's list was made: the next make must regenerate nothing. The
+    /// list finds the object tree's scripts/ but leaves out the gdb
+    /// helpers; a list that kept them would change, and the archive would
+    /// hold whatever another target had written by then.
     fn stray_scripts(&self) -> Result<Verdict> {
         let obj = &self.build.obj;
         let (file, link) = (obj.join(STRAY_SCRIPTS[0]), obj.join(STRAY_SCRIPTS[1]));
@@ -427,7 +427,7 @@ pub fn srctree(build: &Build) -> PathBuf {
 /// kernel/Makefile runs it in `build`'s object tree, with the host's tools.
 pub fn generator_command(build: &Build, lists: &[PathBuf], out: &Path, timestamp: &str) -> Command {
     let mut cmd = Command::new("sh");
-    cmd.arg(build.src.join("kernel/gen_kheaders.sh")).arg(out).args(lists).arg(timestamp);
+    cmd.arg(build.src.join(GENERATOR)).arg(out).args(lists).arg(timestamp);
     cmd.current_dir(&build.obj)
         .env("srctree", srctree(build))
         .env("SRCARCH", build.arch.srcarch())
