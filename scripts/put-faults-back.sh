@@ -43,7 +43,7 @@
 # symvers-v7_3 (the series' Makefile.modpost differ) and snapshot-v7_3.
 #
 # Of the clients on the device (issue #31), run by default too, each
-# caught in x86_64-m-o, the clients cell with kheaders as a module:
+# caught in x86_64-y-o, the x86_64 clients cell:
 # dkmsneeds (the archive without scripts/module.lds, which every module
 # build links with: DKMS's build fails on the device too), release (the
 # archive's kernel.release from another build: kheaders install refuses
@@ -290,7 +290,7 @@ cell_for()
 	pristine) echo x86_64-y-intree ;;
 	hostarch|ccdecides|userflags|signfile|leftover) echo arm64-m-gki ;;
 	hostarch-v7_3) echo arm64-m-o-v7_3 ;;
-	dkmsneeds|release|bccfield) echo x86_64-m-o ;;
+	dkmsneeds|release|bccfield) echo x86_64-y-o ;;
 	genksyms|symcrc|symgpl|symnone) echo x86_64-m-modversions ;;
 	symcrc-v7_3) echo arm64-m-o-v7_3 ;;
 	*-v7_3) echo x86_64-y-o-v7_3 ;;
