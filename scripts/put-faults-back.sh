@@ -287,11 +287,10 @@ make_patch()
 cell_for()
 {
 	case $1 in
-	pristine) echo x86_64-y-intree ;;
 	hostarch|ccdecides|userflags|signfile|leftover) echo arm64-m-gki ;;
 	hostarch-v7_3) echo arm64-m-o-v7_3 ;;
 	dkmsneeds|release|bccfield) echo x86_64-y-o ;;
-	genksyms|symcrc|symgpl|symnone) echo x86_64-m-modversions ;;
+	pristine|genksyms|symcrc|symgpl|symnone) echo x86_64-m-modversions ;;
 	symcrc-v7_3) echo arm64-m-o-v7_3 ;;
 	*-v7_3) echo x86_64-y-o-v7_3 ;;
 	*) echo x86_64-y-o ;;
