@@ -210,7 +210,7 @@ pub(super) fn regen_checks(
     s: &Settings,
 ) -> Result<(), Stop> {
     let passed = regen::passed_path(&cache.root().join("results"), build_key);
-    if let Some(p) = regen::cached(&passed).filter(|_| !s.fresh) {
+    if let Some(p) = regen_passed(cache, build_key, s) {
         let ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0).saturating_sub(p.at);
         tracing::info!(
             "{}: regen passed {} min ago with the same source, series, toolchain, config and steps: not run again (KHTEST_FRESH=1 runs it)",
@@ -222,11 +222,7 @@ pub(super) fn regen_checks(
         }
         return Ok(());
     }
-    // The source at a second path, and O= outside it: kbuild's srctree is
-    // then absolute, as in the builds of most users, where the cell's
-    // (O= inside the tree, for ccache) is `..`.
-    tracing::info!("{}: regen: a copy of the source tree at a second path (once per tree)", run.name);
-    let src = cache.get_or_make("regen-src", &tree.key, |dir| tree::copy_tree(&tree.path, dir)).map_err(blame::host)?;
+    let src = regen_source(run, cache, tree, build_key, s)?.expect("regen has not passed before");
     let scratch = cache.root().join("regen-obj").join(build_key);
     let steps = regen::run(build, archive, &src, &scratch, &run.dir, s.build_limit).map_err(blame::of)?;
     regen::remember(&passed, &steps).map_err(blame::host)?;
@@ -234,6 +230,30 @@ pub(super) fn regen_checks(
         run.check(step.name(), v)?;
     }
     Ok(())
+}
+
+/// An earlier run's passing regen outcome for this build, unless the run
+/// asks for a fresh one.
+fn regen_passed(cache: &Cache, build_key: &str, s: &Settings) -> Option<regen::Passed> {
+    regen::cached(&regen::passed_path(&cache.root().join("results"), build_key)).filter(|_| !s.fresh)
+}
+
+/// The regen phase's copy of the source tree (made once per tree), or
+/// `None` when the phase will not run (it passed before).
+pub(super) fn regen_source(run: &Run, cache: &Cache, tree: &Tree, build_key: &str, s: &Settings) -> Result<Option<PathBuf>, Stop> {
+    if regen_passed(cache, build_key, s).is_some() {
+        return Ok(None);
+    }
+    // The source at a second path, and O= outside it: kbuild's srctree is
+    // then absolute, as in the builds of most users, where the cell's
+    // (O= inside the tree, for ccache) is `..`.
+    let made = |dir: &Path| {
+        tracing::info!("{}: regen: a copy of the source tree at a second path (once per tree)", run.name);
+        tree::copy_tree(&tree.path, dir)
+    };
+    // Outside the build turn, cells of one tree could make it at once.
+    let _lock = cache.lock(&format!("regen-src-{}", tree.key)).map_err(blame::host)?;
+    cache.get_or_make("regen-src", &tree.key, made).map(Some).map_err(blame::host)
 }
 
 /// A cell's kernel, up to date in the cache, and the files read from it.

@@ -171,8 +171,13 @@ fn steps(run: &mut Run, project: &Project, matrix: &Matrix, cell: &Cell, s: &Set
     })?;
     let request = kbuild::request(matrix, cell).map_err(blame::host)?;
     let (build_key, _build_lock) = build::lock_build(&cache, &tree, cell, &request).map_err(blame::host)?;
-    let build_turn = build::kernel_build_turn(&cache, &|m| run.say(m)).map_err(blame::host)?;
+    // Copies of the source tree are disk work that another cell's kernel
+    // build can overlap: made before this cell's turn.
     let build = build::object_tree(run, &cache, &tree, cell, &build_key)?;
+    if cell.regen {
+        build::regen_source(run, &cache, &tree, &build_key, s)?;
+    }
+    let build_turn = build::kernel_build_turn(&cache, &|m| run.say(m)).map_err(blame::host)?;
     let config = run.phase(Phase::Configure, |run| build::configure(run, &build, &request))?;
     if cell.modbuild {
         run.phase(Phase::Randstruct, |run| build::randstruct_check(run, &build, cell))?;
