@@ -123,10 +123,11 @@ pub fn kselftest_command(tree: &Path, env: &[(&str, String)]) -> String {
 
 /// The guest command that runs the README's device recipe
 /// (`images/khtest-recipe`) with the test module's sources in `tree`.
-pub fn recipe_command(tree: &Path, w1: bool, env: &[(&str, String)]) -> String {
+pub fn recipe_command(tree: &Path, w1: bool, keep: Option<&str>, env: &[(&str, String)]) -> String {
     let testmod = format!("{}/tools/testing/selftests/kheaders/testmod", tree.to_string_lossy());
     let w = if w1 { " W=1" } else { "" };
-    run_command(env, &format!("/tmp/khtest-recipe {testmod}{w}"))
+    let k = keep.map(|dir| format!(" -k {dir}")).unwrap_or_default();
+    run_command(env, &format!("/tmp/khtest-recipe{k} {testmod}{w}"))
 }
 
 /// What kbuild prints when a module is built with another compiler than
@@ -443,8 +444,16 @@ mod tests {
             .contains("run 'make -C /c/t/tools/testing/selftests O=/tmp/kselftest TARGETS=kheaders run_tests"));
         let llvm = crate::matrix::Toolchain::Llvm.device_vars();
         assert_eq!(
-            recipe_command(Path::new("/c/t"), false, &llvm),
+            recipe_command(Path::new("/c/t"), false, None, &llvm),
             "khtest-device run 'LLVM=-19 /tmp/khtest-recipe /c/t/tools/testing/selftests/kheaders/testmod'"
+        );
+        assert_eq!(
+            recipe_command(Path::new("/c/t"), true, Some("/tmp/m"), &[]),
+            "khtest-device run '/tmp/khtest-recipe -k /tmp/m /c/t/tools/testing/selftests/kheaders/testmod W=1'"
+        );
+        assert_eq!(
+            crate::symvers::device_command(Path::new("/c/t"), Some("/tmp/m"), &[]),
+            "khtest-device run '/tmp/khtest-symvers -b /tmp/m /c/t/tools/testing/selftests/kheaders/testmod'"
         );
         assert_eq!(shell_quote("a'b"), r"'a'\''b'");
         assert_eq!(readonly_verdict(0, "KHTEST-READONLY: touch: Read-only file system\n"), Verdict::Pass);

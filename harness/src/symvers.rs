@@ -80,9 +80,10 @@ pub fn served_verdict(served: &str, build: &str) -> Verdict {
 
 /// The guest command that runs `images/khtest-symvers` in the device's
 /// root, with the test module's sources in `tree`.
-pub fn device_command(tree: &Path, env: &[(&str, String)]) -> String {
+pub fn device_command(tree: &Path, built: Option<&str>, env: &[(&str, String)]) -> String {
     let testmod = format!("{}/tools/testing/selftests/kheaders/testmod", tree.to_string_lossy());
-    device::run_command(env, &format!("/tmp/khtest-symvers {testmod}"))
+    let b = built.map(|dir| format!(" -b {dir}")).unwrap_or_default();
+    device::run_command(env, &format!("/tmp/khtest-symvers{b} {testmod}"))
 }
 
 /// The verdict on `khtest-symvers`'s TAP: three results, all passed.
