@@ -5,11 +5,12 @@ set -eu
 
 # dkms, python3-bpfcc: the x86_64 device's userland is this host's (the clients phase).
 # clang-19, lld-19, llvm-19: the LLVM cells' kernels (LLVM=-19); dwarves: pahole, for BTF.
+# gcc-12-plugin-dev*: the RANDSTRUCT probe's GCC plugin, native and cross.
 packages="
 	linux-source-6.12
 	make gcc libc6-dev flex bison bc perl cpio xz-utils tar patch kmod rsync ccache
 	libelf-dev libssl-dev
-	gcc-12-plugin-dev debian-archive-keyring
+	gcc-12-plugin-dev gcc-12-plugin-dev-aarch64-linux-gnu debian-archive-keyring
 	qemu-system-x86 busybox-static
 	gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm
 	clang llvm

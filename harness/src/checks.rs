@@ -454,7 +454,7 @@ pub fn tracked_inputs(cmd_text: &str) -> Verdict {
 /// archive would carry `scripts/basic/randstruct.seed`, readable by every
 /// user, so the two must not meet. A probe that could not switch
 /// RANDSTRUCT on proves nothing.
-pub fn randstruct_verdict(got: &crate::kbuild::Config) -> Verdict {
+pub fn randstruct_verdict(got: &crate::kbuild::Config, needs: &str) -> Verdict {
     let on = |k: &str| got.get(k).map(String::as_str) == Some("y");
     match (on("CONFIG_RANDSTRUCT"), on("CONFIG_IKHEADERS_MODBUILD")) {
         (true, true) => Verdict::Fail(
@@ -463,11 +463,7 @@ pub fn randstruct_verdict(got: &crate::kbuild::Config) -> Verdict {
                 .into(),
         ),
         (true, false) => Verdict::Pass,
-        (false, _) => Verdict::Error(
-            "the probe could not switch CONFIG_RANDSTRUCT on, so it proves nothing: it needs gcc's plugin headers \
-             (apt-get install gcc-12-plugin-dev; scripts/setup-host.sh does)"
-                .into(),
-        ),
+        (false, _) => Verdict::Error(format!("the probe could not switch CONFIG_RANDSTRUCT on, so it proves nothing: it needs {needs}")),
     }
 }
 
@@ -490,11 +486,12 @@ mod tests {
     #[test]
     fn randstruct_beside_the_module_build_archive_fails_and_a_probe_without_it_proves_nothing() {
         let cfg = |t: &str| crate::kbuild::parse_config(t);
-        let both = randstruct_verdict(&cfg("CONFIG_RANDSTRUCT=y\nCONFIG_IKHEADERS_MODBUILD=y\n"));
+        let needs = "the plugin headers";
+        let both = randstruct_verdict(&cfg("CONFIG_RANDSTRUCT=y\nCONFIG_IKHEADERS_MODBUILD=y\n"), needs);
         assert!(matches!(&both, Verdict::Fail(m) if m.contains("randstruct.seed")), "{both:?}");
-        assert_eq!(randstruct_verdict(&cfg("CONFIG_RANDSTRUCT=y\n# CONFIG_IKHEADERS_MODBUILD is not set\n")), Verdict::Pass);
-        let off = randstruct_verdict(&cfg("CONFIG_IKHEADERS_MODBUILD=y\n"));
-        assert!(matches!(&off, Verdict::Error(m) if m.contains("gcc-12-plugin-dev")), "{off:?}");
+        assert_eq!(randstruct_verdict(&cfg("CONFIG_RANDSTRUCT=y\n# CONFIG_IKHEADERS_MODBUILD is not set\n"), needs), Verdict::Pass);
+        let off = randstruct_verdict(&cfg("CONFIG_IKHEADERS_MODBUILD=y\n"), needs);
+        assert!(matches!(&off, Verdict::Error(m) if m.ends_with("it needs the plugin headers")), "{off:?}");
     }
 
     #[test]

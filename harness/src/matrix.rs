@@ -303,6 +303,9 @@ pub struct ArchFacts {
     pub triple: &'static str,
     /// Debian's cross compiler, binutils and C library for it.
     pub cross_packages: [&'static str; 3],
+    /// Debian's GCC plugin headers for its gcc (the host's or the cross
+    /// one): the RANDSTRUCT probe of a gcc cell needs them.
+    pub gcc_plugin_package: &'static str,
     /// The boot image, in the object tree.
     pub kernel_image: &'static str,
     pub qemu: &'static str,
@@ -332,6 +335,7 @@ const X86_64: ArchFacts = ArchFacts {
     rust_arch: "x86_64",
     triple: "x86_64-linux-gnu",
     cross_packages: ["gcc-x86-64-linux-gnu", "binutils-x86-64-linux-gnu", "libc6-dev-amd64-cross"],
+    gcc_plugin_package: "gcc-12-plugin-dev",
     kernel_image: "arch/x86/boot/bzImage",
     qemu: "qemu-system-x86_64",
     qemu_package: "qemu-system-x86",
@@ -352,6 +356,7 @@ const ARM64: ArchFacts = ArchFacts {
     rust_arch: "aarch64",
     triple: "aarch64-linux-gnu",
     cross_packages: ["gcc-aarch64-linux-gnu", "binutils-aarch64-linux-gnu", "libc6-dev-arm64-cross"],
+    gcc_plugin_package: "gcc-12-plugin-dev-aarch64-linux-gnu",
     kernel_image: "arch/arm64/boot/Image",
     qemu: "qemu-system-aarch64",
     qemu_package: "qemu-system-arm",

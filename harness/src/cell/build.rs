@@ -13,7 +13,7 @@ use crate::blame;
 use crate::cache::{key, Cache, CacheLock};
 use crate::checks;
 use crate::kbuild::{self, Build};
-use crate::matrix::{BuildKind, Cell, Matrix};
+use crate::matrix::{BuildKind, Cell, Matrix, Toolchain};
 use crate::phase::Phase;
 use crate::report::Verdict;
 use crate::tree::{self, Tree};
@@ -121,15 +121,17 @@ pub(super) fn configure(run: &mut Run, build: &Build, request: &kbuild::Request)
 }
 
 /// RANDSTRUCT and the module-build archive cannot meet (K15): Kconfig must
-/// drop one when both are asked for. The probe needs gcc's plugin headers
-/// for the cell's compiler, which only the host's has here.
+/// drop one when both are asked for. With gcc, RANDSTRUCT is a GCC plugin,
+/// so the probe needs the plugin headers of the cell's gcc (the cross
+/// compiler's too); clang has it built in.
 pub(super) fn randstruct_check(run: &mut Run, build: &Build, cell: &Cell) -> Result<(), Stop> {
     let name = "Kconfig drops the module-build archive when RANDSTRUCT is on";
-    if !cell.arch.is_host() {
-        return run.check(name, Verdict::Skip("the probe needs gcc plugin headers for the cross compiler; the host-arch cells run it".into()));
-    }
+    let needs = match cell.toolchain {
+        Toolchain::Gcc => format!("its gcc's plugin headers (apt-get install {}; scripts/setup-host.sh does)", cell.arch.facts().gcc_plugin_package),
+        Toolchain::Llvm => "a clang with randstruct (CONFIG_CC_HAS_RANDSTRUCT: clang 16 or later)".to_owned(),
+    };
     let got = build.randstruct_probe(&run.dir.join("randstruct-probe.log")).map_err(blame::of)?;
-    run.check(name, checks::randstruct_verdict(&got))
+    run.check(name, checks::randstruct_verdict(&got, &needs))
 }
 
 /// Build the kernel (showing progress against the last build from
