@@ -6,7 +6,9 @@
 #
 #   scripts/put-faults-back.sh [FAULT...]
 #
-# With KHTEST_FAULTS_DRY=1 it only writes the fault patches.
+# With KHTEST_FAULTS_DRY=1 it only writes the fault patches. With
+# KHTEST_FAULT_CELL=CELL, CELL must catch them, not the cell named below
+# for each (to prove another cell catches a fault too).
 #
 # Faults: regen (archive regenerated on every build), arch ($(ARCH) for
 # $(SRCARCH)), spdx (SPDX lines stripped), symvers (modpost not told that
@@ -324,7 +326,7 @@ for f in $faults; do
 	errors|adjust|touchconfig|tmpfiles|config|script|snapshot|cmdpaths|hostscript) ;;
 	*) sed -i 's/^    regen: true$/    regen: false/' "$copy/configs/matrix.yaml" ;;
 	esac
-	cell=$(cell_for "$f")
+	cell=${KHTEST_FAULT_CELL:-$(cell_for "$f")}
 	if KHTEST_ROOT=$copy "$khtest" run "$cell" --out "$out/out-$f" > "$out/$f.log" 2>&1; then
 		echo "$f: NOT CAUGHT: $cell passed with the fault in (log: $out/$f.log)"
 		status=1
