@@ -39,9 +39,9 @@
 # regenerates the archive).
 #
 # Any fault with a -v7_3 suffix goes into the 7.3 series (kernel/7.3/series)
-# instead, and is caught in the 7.3 cells. Run by default: config-v7_3,
-# tmpfiles-v7_3, touchconfig-v7_3, randstruct-v7_3, xzmem-v7_3, adjust-v7_3,
-# hostarch-v7_3 (arm64-m-o-v7_3), dtbindings-v7_3, errors-v7_3,
+# instead, and is caught in arm64-m-o-v7_3, the one 7.3 cell. Run by
+# default: config-v7_3, tmpfiles-v7_3, touchconfig-v7_3, randstruct-v7_3,
+# xzmem-v7_3, adjust-v7_3, hostarch-v7_3, dtbindings-v7_3, errors-v7_3,
 # symvers-v7_3 (the series' Makefile.modpost differ) and snapshot-v7_3.
 #
 # Of the clients on the device (issue #31), run by default too, each
@@ -290,11 +290,9 @@ cell_for()
 {
 	case $1 in
 	hostarch|ccdecides|userflags|signfile|leftover) echo arm64-m-gki ;;
-	hostarch-v7_3) echo arm64-m-o-v7_3 ;;
 	dkmsneeds|release|bccfield) echo x86_64-y-o ;;
 	pristine|genksyms|symcrc|symgpl|symnone) echo x86_64-m-modversions ;;
-	symcrc-v7_3) echo arm64-m-o-v7_3 ;;
-	*-v7_3) echo x86_64-y-o-v7_3 ;;
+	*-v7_3) echo arm64-m-o-v7_3 ;;
 	*) echo x86_64-y-o ;;
 	esac
 }
