@@ -92,9 +92,16 @@ impl BenchCells {
         let oot = |c: &Cell| c.build == BuildKind::OutOfTree && c.kheaders == Kheaders::BuiltIn;
         let series = |c: &Cell, k: Kernel| oot(c) && c.patched && c.modbuild && c.kernel == k;
         let any_kheaders = |c: &Cell, k: Kernel| c.build == BuildKind::OutOfTree && c.patched && c.modbuild && c.kernel == k;
+        let x86 = pick("6.12 x86_64 =y O= module-build", &|c| series(c, Kernel::V6_12) && c.arch.is_host())?;
+        // The matrix's one 7.3 cell is arm64: the x86_64 7.3 kernel is the
+        // 6.12 cell's configuration on the 7.3 series, built for the bench.
+        let x86_73 = match matrix.cells.iter().find(|c| series(c, Kernel::V7_3) && c.arch.is_host()) {
+            Some(c) => c.clone(),
+            None => Cell { name: format!("{}-v7_3", x86.name), kernel: Kernel::V7_3, ..x86.clone() },
+        };
         Ok(BenchCells {
-            x86: pick("6.12 x86_64 =y O= module-build", &|c| series(c, Kernel::V6_12) && c.arch.is_host())?,
-            x86_73: pick("7.3 x86_64 =y O= module-build", &|c| series(c, Kernel::V7_3) && c.arch.is_host())?,
+            x86,
+            x86_73,
             // =y or =m: the build makes the same archive either way.
             arm: pick("6.12 arm64 O= module-build", &|c| any_kheaders(c, Kernel::V6_12) && !c.arch.is_host())?,
             arm_73: pick("7.3 arm64 O= module-build", &|c| any_kheaders(c, Kernel::V7_3) && !c.arch.is_host())?,
@@ -663,6 +670,7 @@ mod tests {
         let matrix = Matrix::load(&path).unwrap();
         let cells = BenchCells::pick(&matrix).unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!((cells.arm_73.kernel, cells.arm_73.arch.is_host()), (Kernel::V7_3, false));
+        assert_eq!((cells.x86_73.kernel, cells.x86_73.arch.is_host()), (Kernel::V7_3, true));
     }
 
     #[test]
