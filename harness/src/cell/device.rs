@@ -97,11 +97,11 @@ impl Host<'_> {
                 judge: |_, text, _| symvers::judge_device(text),
             });
         }
-        tests.iter().try_for_each(|test| self.device_test_unloads(run, guest, test))
+        self.device_tests(run, guest, &tests)
     }
 
     /// The archive's real users, in the mounted device: DKMS, then bcc,
-    /// which needs nothing DKMS did, so it runs after a DKMS FAIL too.
+    /// which needs nothing DKMS did.
     fn clients_phase(&self, run: &mut Run, guest: &mut Guest) -> Result<(), Stop> {
         let tests = [
             DeviceTest {
@@ -117,8 +117,17 @@ impl Host<'_> {
                 judge: |_, text, _| clients::judge_bcc(text),
             },
         ];
+        self.device_tests(run, guest, &tests)
+    }
+
+    /// Run `tests` in turn. A test that FAILs does not stop the others:
+    /// each is evidence of its own (khtest-symvers, say, loads the module
+    /// the recipe built, and is seen red on its own only if it runs after
+    /// the recipe's FAIL). An ERROR stops them: the guest is in doubt. The
+    /// first stop is the result.
+    fn device_tests(&self, run: &mut Run, guest: &mut Guest, tests: &[DeviceTest]) -> Result<(), Stop> {
         let mut first = Ok(());
-        for test in &tests {
+        for test in tests {
             let r = self.device_test_unloads(run, guest, test);
             let go_on = matches!(r, Ok(()) | Err(Verdict::Fail(_)));
             first = first.and(r);
