@@ -56,10 +56,18 @@ const PROBE: &str = "include/generated/khtest-probe.h";
 const STRAY_SCRIPTS: [&str; 2] = ["scripts/gdb/linux/khtest-constants.py", "scripts/gdb/linux/khtest-utils.py"];
 
 /// What the config step sets, and finds again in the archived `autoconf.h`:
-/// an option that changes no other archived file (`LOCALVERSION` would
-/// change `kernel.release` and `utsrelease.h`, which regenerate the archive
-/// even when `autoconf.h` is not tracked).
-const CONFIG_CHANGE: (&str, &str) = ("CONFIG_DEFAULT_HOSTNAME", "khtest-regen");
+/// an option that changes no other archived file, which would regenerate
+/// the archive even when `autoconf.h` is not tracked: not `LOCALVERSION`
+/// (`kernel.release`, `utsrelease.h`), nor `DEFAULT_HOSTNAME` (arm64's vDSO
+/// reads it through `linux/uts.h`, and its rebuild rewrites
+/// `vdso-offsets.h`). Nothing the scratch tree builds reads this one, on
+/// either arch; [`rewritten_archived`] checks that it stays so.
+const CONFIG_CHANGE: (&str, &str) = ("CONFIG_DEFAULT_INIT", "/khtest-regen");
+
+/// What syncconfig rewrites at every configuration change, and the
+/// archive's dependency file leaves out (kernel/kheaders-config stands for
+/// it): the files the config step may rewrite.
+const CONFIG_FILES: [&str; 2] = ["include/generated/autoconf.h", "include/config/"];
 
 /// The regen steps, in the order they run. Their names are the checks'
 /// names; the list is part of the cache key ([`passed_path`]).
@@ -123,7 +131,7 @@ impl Step {
 /// what it does or how it judges (adding or removing a step changes the
 /// key by itself), so that no outcome remembered from the old steps is
 /// taken for theirs.
-pub const STEPS_VERSION: u32 = 2;
+pub const STEPS_VERSION: u32 = 3;
 
 /// One step's outcome.
 pub type Outcome = (Step, Verdict);
@@ -227,9 +235,16 @@ impl Scratch<'_> {
                 regenerates("changed-header", BUILD_TIMESTAMP.0, &|a| probe_is(a, Some("2")))
             }
             Step::Timestamp => regenerates("timestamp", OTHER_TIMESTAMP.0, &|a| mtime_is(a, OTHER_TIMESTAMP.1)),
+            // Every archived file is the archive's prerequisite: if the
+            // change rewrote one, that alone regenerates it, and the step
+            // proves nothing about the configuration.
             Step::Config => {
+                let since = std::time::SystemTime::now();
                 self.set_config_string(CONFIG_CHANGE)?;
-                regenerates("config", OTHER_TIMESTAMP.0, &autoconf_has_change)
+                regenerates("config", OTHER_TIMESTAMP.0, &|a| match rewritten_archived(&self.build.obj, since)?.as_slice() {
+                    [] => autoconf_has_change(a),
+                    files => Ok(config_step_inconclusive(files)),
+                })
             }
             // syncconfig rewrites auto.conf and autoconf.h whenever .config
             // is newer, whatever changed.
@@ -529,6 +544,31 @@ fn autoconf_has_change(root: &Path) -> Result<Verdict> {
     })
 }
 
+/// The files the archive takes from the object tree `obj` (its list,
+/// `kernel/kheaders-objlist`) that were rewritten after `since`, other
+/// than the configuration's own ([`CONFIG_FILES`]).
+fn rewritten_archived(obj: &Path, since: std::time::SystemTime) -> Result<Vec<String>> {
+    let list = obj.join("kernel/kheaders-objlist");
+    let text = std::fs::read_to_string(&list).with_context(|| format!("cannot read {}", list.display()))?;
+    Ok(text
+        .lines()
+        .filter(|rel| !CONFIG_FILES.iter().any(|c| rel == c || (c.ends_with('/') && rel.starts_with(c))))
+        .filter(|rel| std::fs::metadata(obj.join(rel)).and_then(|m| m.modified()).is_ok_and(|m| m > since))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The config step's change rewrote other archived files: a harness fault.
+fn config_step_inconclusive(files: &[String]) -> Verdict {
+    let (name, _) = CONFIG_CHANGE;
+    Verdict::Error(format!(
+        "the config step's change of {name} also rewrote {} archived file(s) ({}), which regenerate the archive by themselves: \
+         the step cannot show that the configuration is tracked; regen.rs's CONFIG_CHANGE needs an option nothing in the scratch tree reads",
+        files.len(),
+        files.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+    ))
+}
+
 /// Compare two archives; on a difference, name the entries that differ
 /// (unpacking both under `dir`).
 fn same_archive(dir: &Path, a: &Path, b: &Path) -> Result<Verdict> {
@@ -732,6 +772,29 @@ mod tests {
         assert!(got.at > 0);
         std::fs::write(&path, "{ half").unwrap();
         assert!(cached(&path).is_none(), "an unreadable record is no record");
+    }
+
+    #[test]
+    fn the_config_step_is_inconclusive_when_its_change_rewrote_an_archived_file() {
+        let obj = tempfile::tempdir().unwrap();
+        let o = obj.path();
+        let list =
+            "arch/arm64/include/generated/vdso-offsets.h\ninclude/generated/autoconf.h\ninclude/config/auto.conf\ninclude/generated/bounds.h\n";
+        write(&o.join("kernel/kheaders-objlist"), list).unwrap();
+        write(&o.join("include/generated/bounds.h"), "old\n").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let since = std::time::SystemTime::now();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(rewritten_archived(o, since).unwrap(), Vec::<String>::new());
+        // syncconfig's files may change: the archive's rule leaves them out.
+        write(&o.join("include/generated/autoconf.h"), "new\n").unwrap();
+        write(&o.join("include/config/auto.conf"), "new\n").unwrap();
+        assert_eq!(rewritten_archived(o, since).unwrap(), Vec::<String>::new());
+        // What arm64's vDSO did with CONFIG_DEFAULT_HOSTNAME changed.
+        write(&o.join("arch/arm64/include/generated/vdso-offsets.h"), "new\n").unwrap();
+        let files = rewritten_archived(o, since).unwrap();
+        assert_eq!(files, ["arch/arm64/include/generated/vdso-offsets.h"]);
+        assert!(matches!(config_step_inconclusive(&files), Verdict::Error(e) if e.contains("vdso-offsets.h")));
     }
 
     #[test]
