@@ -65,9 +65,9 @@ const STRAY_SCRIPTS: [&str; 2] = ["scripts/gdb/linux/khtest-constants.py", "scri
 const CONFIG_CHANGE: (&str, &str) = ("CONFIG_DEFAULT_INIT", "/khtest-regen");
 
 /// What syncconfig rewrites at every configuration change, and the
-/// archive's dependency file leaves out (kernel/kheaders-config stands for
-/// it): the files the config step may rewrite.
-const CONFIG_FILES: [&str; 2] = ["include/generated/autoconf.h", "include/config/"];
+/// generator's dependency file leaves out (kernel/kheaders-config stands
+/// for them): the archived files the config step may rewrite.
+const CONFIG_FILES: [&str; 3] = ["include/generated/autoconf.h", "include/config/auto.conf", "include/generated/rustc_cfg"];
 
 /// The regen steps, in the order they run. Their names are the checks'
 /// names; the list is part of the cache key ([`passed_path`]).
@@ -552,7 +552,7 @@ fn rewritten_archived(obj: &Path, since: std::time::SystemTime) -> Result<Vec<St
     let text = std::fs::read_to_string(&list).with_context(|| format!("cannot read {}", list.display()))?;
     Ok(text
         .lines()
-        .filter(|rel| !CONFIG_FILES.iter().any(|c| rel == c || (c.ends_with('/') && rel.starts_with(c))))
+        .filter(|rel| !CONFIG_FILES.contains(rel))
         .filter(|rel| std::fs::metadata(obj.join(rel)).and_then(|m| m.modified()).is_ok_and(|m| m > since))
         .map(str::to_owned)
         .collect())
@@ -779,7 +779,7 @@ mod tests {
         let obj = tempfile::tempdir().unwrap();
         let o = obj.path();
         let list =
-            "arch/arm64/include/generated/vdso-offsets.h\ninclude/generated/autoconf.h\ninclude/config/auto.conf\ninclude/generated/bounds.h\n";
+            "arch/arm64/include/generated/vdso-offsets.h\ninclude/generated/autoconf.h\ninclude/config/auto.conf\ninclude/generated/rustc_cfg\ninclude/generated/bounds.h\n";
         write(&o.join("kernel/kheaders-objlist"), list).unwrap();
         write(&o.join("include/generated/bounds.h"), "old\n").unwrap();
         std::thread::sleep(Duration::from_millis(20));
@@ -789,6 +789,7 @@ mod tests {
         // syncconfig's files may change: the archive's rule leaves them out.
         write(&o.join("include/generated/autoconf.h"), "new\n").unwrap();
         write(&o.join("include/config/auto.conf"), "new\n").unwrap();
+        write(&o.join("include/generated/rustc_cfg"), "new\n").unwrap();
         assert_eq!(rewritten_archived(o, since).unwrap(), Vec::<String>::new());
         // What arm64's vDSO did with CONFIG_DEFAULT_HOSTNAME changed.
         write(&o.join("arch/arm64/include/generated/vdso-offsets.h"), "new\n").unwrap();
