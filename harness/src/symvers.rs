@@ -86,9 +86,9 @@ pub fn device_command(tree: &Path, built: Option<&str>, env: &[(&str, String)]) 
     device::run_command(env, &format!("/tmp/khtest-symvers{b} {testmod}"))
 }
 
-/// The verdict on `khtest-symvers`'s TAP: three results, all passed.
+/// The verdict on `khtest-symvers`'s TAP: four results, all passed.
 pub fn judge_device(text: &str) -> Verdict {
-    device::all_ok("symbol versions on the device (khtest-symvers)", text, 3)
+    device::all_ok("symbol versions on the device (khtest-symvers)", text, 4)
 }
 
 #[cfg(test)]
@@ -127,15 +127,17 @@ mod tests {
     }
 
     #[test]
-    fn the_device_test_passes_only_with_three_oks() {
-        let good = "TAP version 13\n1..3\nok 1 a\nok 2 b\nok 3 c\n";
+    fn the_device_test_passes_only_with_four_oks() {
+        let good = "TAP version 13\n1..4\nok 1 a\nok 2 b\nok 3 c\nok 4 d\n";
         assert_eq!(judge_device(good), Verdict::Pass);
         let refused = good.replace("ok 3 c", "not ok 3 c\n# insmod accepted it");
         assert!(matches!(judge_device(&refused), Verdict::Fail(m) if m.contains("not ok 3 c")));
         let skipped = good.replace("ok 2 b", "ok 2 b # SKIP no root");
         assert!(matches!(judge_device(&skipped), Verdict::Fail(m) if m.contains("result 2 (b) was skipped: no root")));
         assert!(matches!(judge_device("1..0 # SKIP mktemp -d failed\n"), Verdict::Error(_)));
-        assert!(matches!(judge_device("Kernel panic"), Verdict::Fail(m) if m.contains("no plan of 3")));
+        let unversioned = good.replace("ok 4 d", "not ok 4 d\n# insmod accepted a module without symbol versions");
+        assert!(matches!(judge_device(&unversioned), Verdict::Fail(m) if m.contains("not ok 4 d")));
+        assert!(matches!(judge_device("Kernel panic"), Verdict::Fail(m) if m.contains("no plan of 4")));
     }
 
     #[test]

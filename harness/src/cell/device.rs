@@ -91,7 +91,7 @@ impl Host<'_> {
         ];
         if self.versions.served {
             tests.push(DeviceTest {
-                what: "symbol versions (khtest-symvers: built with the served ones, loads; with one CRC changed, refused)",
+                what: "symbol versions (khtest-symvers: built with the served ones, loads; with one CRC changed, or none, refused)",
                 cmd: symvers::device_command(&self.tree.path, recipe_module, &cell.toolchain.device_vars()),
                 part: Phase::DeviceSymvers,
                 judge: |_, text, _| symvers::judge_device(text),
