@@ -42,7 +42,8 @@
 # instead, and is caught in arm64-m-o-v7_3, the one 7.3 cell. Run by
 # default: config-v7_3, tmpfiles-v7_3, touchconfig-v7_3, randstruct-v7_3,
 # xzmem-v7_3, adjust-v7_3, hostarch-v7_3, dtbindings-v7_3, errors-v7_3,
-# symvers-v7_3 (the series' Makefile.modpost differ) and snapshot-v7_3.
+# symvers-v7_3 (the series' Makefile.modpost differ; caught on the device
+# by khtest-symvers's build with no Module.symvers) and snapshot-v7_3.
 #
 # Of the clients on the device (issue #31), run by default too, each
 # caught in x86_64-y-o, the x86_64 clients cell:
