@@ -122,9 +122,10 @@ impl Host<'_> {
 
     /// Run `tests` in turn. A test that FAILs does not stop the others:
     /// each is evidence of its own (khtest-symvers, say, loads the module
-    /// the recipe built, and is seen red on its own only if it runs after
-    /// the recipe's FAIL). An ERROR stops them: the guest is in doubt. The
-    /// first stop is the result.
+    /// the recipe built: a wrong served CRC fails the kselftest first, and
+    /// khtest-symvers is seen red on its own only if it still runs). An
+    /// ERROR stops them: the guest is in doubt. The first stop is the
+    /// result.
     fn device_tests(&self, run: &mut Run, guest: &mut Guest, tests: &[DeviceTest]) -> Result<(), Stop> {
         let mut first = Ok(());
         for test in tests {
